@@ -1,0 +1,98 @@
+"""Adapter-only artifacts: TRM weights plus the identity of the base they were trained on.
+
+Like a PEFT adapter, the artifact is small and useless without its base, so it records the base's
+name, revision and a content hash of its weights, and refuses to load onto a different base.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from millennial.atomic import atomic_dir
+from millennial.fingerprint import tensors_sha256
+from millennial.hybrid.config import TRMConfig
+from millennial.hybrid.inject import base_named_parameters, inject, trm_named_parameters
+
+WEIGHTS_FILE = "trm.safetensors"
+CONFIG_FILE = "trm_config.json"
+
+
+def base_weights_sha256(model: nn.Module) -> str:
+    """Content hash of the base (non-TRM) parameters, as `prepare_base` records it."""
+    return tensors_sha256(base_named_parameters(model))
+
+
+def save_trm(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    base_name: str | None = None,
+    base_revision: str | None = None,
+) -> Path:
+    """Write `trm.safetensors` and `trm_config.json` to directory `path`, atomically."""
+    config = getattr(model, "trm_config", None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no TRM blocks: nothing to save")
+    identity = {
+        "name": base_name or getattr(model.config, "name_or_path", None),
+        "revision": base_revision,
+        "weights_sha256": base_weights_sha256(model),
+    }
+    tensors = {
+        name: p.detach().to("cpu").contiguous() for name, p in trm_named_parameters(model).items()
+    }
+    with atomic_dir(path) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        meta = {"base": identity, "trm": config.to_dict()}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def load_trm(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
+    """Inject (if needed) and load a saved TRM adapter into `model`.
+
+    A base whose weights hash differently from the one the adapter was trained on is an error,
+    unless `strict=False`, which loads anyway with a warning.
+    """
+    path = Path(path)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: not found; is {path} a TRM adapter directory?")
+    meta = json.loads(config_path.read_text(encoding="utf-8"))
+    config = TRMConfig.from_dict(meta["trm"])
+    current = getattr(model, "trm_config", None)
+    if current is None:
+        inject(model, config)
+    elif current != config:
+        raise ValueError(
+            f"{config_path}: adapter config {config} differs from the model's {current}"
+        )
+    expected = meta["base"]["weights_sha256"]
+    actual = base_weights_sha256(model)
+    if actual != expected:
+        message = (
+            f"{config_path}: adapter was trained on base {meta['base']['name']!r} with weights "
+            f"sha256 {expected}, but this model's base weights hash to {actual}"
+        )
+        if strict:
+            raise ValueError(message + "; pass strict=False to load it anyway")
+        warnings.warn(message, stacklevel=2)
+    saved = load_file(str(weights_path))
+    own = trm_named_parameters(model)
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected {unexpected}")
+    for name, tensor in saved.items():
+        if own[name].shape != tensor.shape:
+            raise ValueError(
+                f"{weights_path}: {name} has shape {tuple(tensor.shape)}, "
+                f"model expects {tuple(own[name].shape)}"
+            )
+        own[name].data.copy_(tensor)
+    return model

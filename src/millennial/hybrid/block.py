@@ -1,0 +1,226 @@
+"""The injected TRM block: a narrow recursive core f wrapped in down/up projections.
+
+Readable in one sitting on purpose (nanoGPT style). Shapes: B batch, S new tokens, H base width,
+d TRM width. The recursion is TRM's (arXiv:2510.04871) adapted to a causal LM:
+
+    x = down(norm(h))
+    repeat T cycles:                       # all but the last `grad_cycles` under no_grad
+        repeat n times: z = f(x + y + z)
+        y = f(y + z)
+    h_out = h + up(y)                      # up is zero-initialised: the hybrid starts as the base
+
+f is a small pre-norm transformer with causal attention that honours padding, rotary positions
+taken from the base's own position ids, and a SwiGLU MLP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from millennial.hybrid.config import TRMConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+
+
+def rotary_tables(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (B, 1, S, head_dim) for integer `positions` of shape (B, S)."""
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = 1.0 / (theta ** (exponents / head_dim))
+    angles = positions.float()[..., None] * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)[:, None]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+@dataclass
+class Attend:
+    """What every attention call in one block forward shares: positions, mask, cache."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # (B, 1, S, S_past + S) bool, True = may attend; None = plain causal
+    cache: TRMCache | None
+
+
+@dataclass
+class TRMCache:
+    """Keys and values of past tokens for every (call of f, layer of f) of one block.
+
+    The recursion at a position depends only on earlier positions, so each call's keys and values
+    for past tokens never change: caching them makes incremental decoding exact.
+    """
+
+    length: int = 0
+    keys: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    values: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        width = config.hidden_size
+        self.num_heads = config.num_heads
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=False)
+        self.o_proj = nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor, attend: Attend, slot: tuple[int, int]) -> torch.Tensor:
+        batch, seq, width = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, seq, self.num_heads, -1).transpose(1, 2)
+
+        q = apply_rotary(heads(self.q_proj(x)), attend.cos, attend.sin)
+        k = apply_rotary(heads(self.k_proj(x)), attend.cos, attend.sin)
+        v = heads(self.v_proj(x))
+        if attend.cache is not None:
+            if slot in attend.cache.keys:
+                k = torch.cat((attend.cache.keys[slot], k), dim=2)
+                v = torch.cat((attend.cache.values[slot], v), dim=2)
+            attend.cache.keys[slot], attend.cache.values[slot] = k, v
+        if attend.mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend.mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, width))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
+        self.down_proj = nn.Linear(config.ffn_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class CoreLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = RMSNorm(config.hidden_size)
+        self.mlp = SwiGLU(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attend: Attend, slot: tuple[int, int]) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), attend, slot))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class RecursiveCore(nn.Module):
+    """The network f, called T*(n+1) times per block. The final norm keeps states bounded."""
+
+    def __init__(self, config: TRMConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CoreLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size)
+
+    def forward(self, x: torch.Tensor, attend: Attend, call: int) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x, attend, (call, index))
+        return self.norm(x)
+
+
+class TRMBlock(nn.Module):
+    """One injection point: projections to and from the TRM width around a (maybe shared) core."""
+
+    def __init__(
+        self, base_width: int, config: TRMConfig, rope_theta: float, core: RecursiveCore | None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.rope_theta = rope_theta
+        self.enabled = True
+        self.norm = RMSNorm(base_width)
+        self.down = nn.Linear(base_width, config.hidden_size, bias=False)
+        self.core = core if core is not None else RecursiveCore(config)
+        self.up = nn.Linear(config.hidden_size, base_width, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        key_padding: torch.Tensor | None,
+        cache: TRMCache | None,
+    ) -> torch.Tensor:
+        """Run the recursion on `hidden` (B, S, H) and return `hidden + up(y)`.
+
+        `positions` are the base's position ids of the new tokens; `key_padding` (B, past + S) is
+        True for real tokens; `cache` holds past keys/values during incremental decoding.
+        """
+        dtype = self.down.weight.dtype
+        x = self.down(self.norm(hidden.to(dtype)))
+        head_dim = self.config.hidden_size // self.config.num_heads
+        cos, sin = rotary_tables(positions, head_dim, self.rope_theta, dtype)
+        past = cache.length if cache is not None else 0
+        mask = attention_mask(key_padding, hidden.shape[1], past, hidden.device)
+        attend = Attend(cos, sin, mask, cache)
+        y = torch.zeros_like(x)
+        z = torch.zeros_like(x)
+        call = 0
+        for cycle in range(self.config.cycles):
+            with torch.set_grad_enabled(
+                torch.is_grad_enabled() and cycle >= self.config.cycles - self.config.grad_cycles
+            ):
+                for _ in range(self.config.latent_steps):
+                    z = self.core(x + y + z, attend, call)
+                    call += 1
+                y = self.core(y + z, attend, call)
+                call += 1
+        if cache is not None:
+            cache.length = past + hidden.shape[1]
+        return hidden + self.up(y).to(hidden.dtype)
+
+
+def attention_mask(
+    key_padding: torch.Tensor | None, seq: int, past: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (B, 1, S, past + S) mask: causal by index and blind to padded keys.
+
+    A query always sees itself, so rows of padding tokens stay finite (their outputs are unused).
+    Returns None when plain causal attention is exact (no padding, nothing cached).
+    """
+    if past == 0 and (key_padding is None or bool(key_padding.all())):
+        return None
+    query_index = torch.arange(past, past + seq, device=device)[:, None]
+    key_index = torch.arange(past + seq, device=device)[None, :]
+    causal = key_index <= query_index
+    if key_padding is None:
+        return causal[None, None]
+    mask = causal[None, None] & key_padding.bool()[:, None, None, :]
+    return mask | (key_index == query_index)[None, None]
+
+
+def trm_parameter_count_for(base_width: int, num_points: int, config: TRMConfig) -> int:
+    """Exact parameter count of `num_points` blocks, mirroring the modules above."""
+    d, ffn = config.hidden_size, config.ffn_size
+    own = base_width + 2 * base_width * d  # input norm, down, up
+    core = config.num_layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
+    cores = 1 if config.share_across_layers else num_points
+    return num_points * own + cores * core

@@ -1,0 +1,201 @@
+"""Injecting TRM blocks into a Hugging Face causal LM, in place.
+
+Each block becomes a child module `trm` of its host decoder layer, and a forward hook adds the
+block's output to the layer's output. The base's module tree, parameter names and classes are
+untouched, so `generate`, `save_pretrained`, gradient checkpointing and device maps keep working.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
+
+from millennial.hybrid.block import TRMBlock, TRMCache, trm_parameter_count_for
+from millennial.hybrid.config import TRMConfig
+
+# Families whose decoder stacks, position ids and caches the tests exercise.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+_CACHE_ATTRIBUTE = "millennial_trm"  # per-generation TRM caches ride on the HF cache object
+
+
+@dataclass
+class _StackInputs:
+    """The 2-D padding mask of the current call of the decoder stack, shared by its blocks."""
+
+    attention_mask: torch.Tensor | None = None
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """Return (stack owner, layer list) found from the model's own structure.
+
+    The stack is the one ModuleList whose items are the model's declared decoder-layer class
+    (`_no_split_modules`) and whose length is the config's layer count.
+    """
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not isinstance(model, PreTrainedModel) or model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"TRM injection does not support {name} (model_type={model_type!r}); "
+            f"supported families: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"TRM injection needs a causal LM with an LM head; {name} has none")
+    depth = config.get_text_config().num_hidden_layers
+    layer_classes = set(model._no_split_modules or ())
+    stacks = [
+        (path, module)
+        for path, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) == depth
+        and all(type(layer).__name__ in layer_classes for layer in module)
+    ]
+    if len(stacks) != 1:
+        raise ValueError(
+            f"cannot locate the decoder layer stack of {name}: found {len(stacks)} candidate "
+            f"lists of {depth} layers of {sorted(layer_classes)}"
+        )
+    path, layers = stacks[0]
+    owner = model.get_submodule(path.rpartition(".")[0])
+    return owner, layers
+
+
+def rope_theta(config: PretrainedConfig) -> float:
+    """The base's rotary base frequency, so f's positions live on the base's scale."""
+    parameters = getattr(config, "rope_parameters", None) or {}
+    theta = parameters.get("rope_theta", getattr(config, "rope_theta", None))
+    return float(theta) if theta is not None else 10000.0
+
+
+def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
+    """Add one TRM block after each configured decoder layer of `model`, in place."""
+    if getattr(model, "trm_config", None) is not None:
+        raise ValueError(f"{type(model).__name__} already has TRM blocks injected")
+    owner, layers = find_decoder_layers(model)
+    text_config = model.config.get_text_config()
+    positions = config.resolve_layers(len(layers))
+    stack_inputs = _StackInputs()
+    signature = inspect.signature(owner.forward)
+    owner.register_forward_pre_hook(
+        partial(_capture_stack_inputs, stack_inputs, signature), with_kwargs=True
+    )
+    shared_core = None
+    for index in positions:
+        host = layers[index]
+        reference = next(host.parameters())
+        block = TRMBlock(text_config.hidden_size, config, rope_theta(text_config), shared_core)
+        block.to(device=reference.device, dtype=reference.dtype)
+        if config.share_across_layers:
+            shared_core = block.core
+        host.add_module("trm", block)
+        host.register_forward_hook(partial(_run_block, block, stack_inputs), with_kwargs=True)
+    model.trm_config = config
+    return model
+
+
+def _capture_stack_inputs(
+    stack_inputs: _StackInputs,
+    signature: inspect.Signature,
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    stack_inputs.attention_mask = bound.get("attention_mask")
+
+
+def _run_block(
+    block: TRMBlock,
+    stack_inputs: _StackInputs,
+    module: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    output: torch.Tensor | tuple[Any, ...],
+) -> torch.Tensor | tuple[Any, ...] | None:
+    if not block.enabled:
+        return None
+    hidden = output[0] if isinstance(output, tuple) else output
+    batch, seq = hidden.shape[:2]
+    base_cache = next(
+        (v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None
+    )
+    cache = None
+    if base_cache is not None:
+        caches = base_cache.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+        cache = caches.setdefault(id(block), TRMCache())
+        if base_cache.get_seq_length() != cache.length + seq:
+            raise RuntimeError(
+                f"the base KV cache holds {base_cache.get_seq_length()} tokens but the TRM cache "
+                f"holds {cache.length} + {seq} new: the cache was filled before injection or "
+                "edited in place (cropping and beam reordering are not supported)"
+            )
+    past = cache.length if cache is not None else 0
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(past, past + seq, device=hidden.device)
+    positions = positions.reshape(-1, seq).expand(batch, seq)
+    mask = stack_inputs.attention_mask
+    if mask is not None and (mask.dim() != 2 or mask.shape[1] != past + seq):
+        raise ValueError(
+            f"TRM blocks need a 2-D attention mask of shape (batch, {past + seq}); "
+            f"got {tuple(mask.shape)}"
+        )
+    new_hidden = block(hidden, positions, mask, cache)
+    return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+
+
+def trm_blocks(model: nn.Module) -> list[TRMBlock]:
+    return [module for module in model.modules() if isinstance(module, TRMBlock)]
+
+
+def trm_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """TRM parameters by their name in `model` (a shared core appears once)."""
+    ids = {id(p) for block in trm_blocks(model) for p in block.parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) in ids}
+
+
+def base_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    trm = {id(p) for p in trm_named_parameters(model).values()}
+    return {name: p for name, p in model.named_parameters() if id(p) not in trm}
+
+
+def freeze_base(model: nn.Module) -> int:
+    """Make only TRM parameters trainable; return how many parameters that is."""
+    trainable = trm_named_parameters(model)
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no TRM blocks: call inject() first")
+    for parameter in base_named_parameters(model).values():
+        parameter.requires_grad_(False)
+    for parameter in trainable.values():
+        parameter.requires_grad_(True)
+    return sum(p.numel() for p in trainable.values())
+
+
+@contextmanager
+def trm_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this block the hybrid computes exactly its base model (the evaluation's base arm)."""
+    blocks = trm_blocks(model)
+    previous = [block.enabled for block in blocks]
+    for block in blocks:
+        block.enabled = False
+    try:
+        yield model
+    finally:
+        for block, enabled in zip(blocks, previous, strict=True):
+            block.enabled = enabled
+
+
+def trm_parameter_count(model_config: PretrainedConfig, trm_config: TRMConfig) -> int:
+    """Exact TRM parameter count from the base's config alone (works for 70B bases on a laptop)."""
+    text_config = model_config.get_text_config()
+    points = trm_config.resolve_layers(text_config.num_hidden_layers)
+    return trm_parameter_count_for(text_config.hidden_size, len(points), trm_config)

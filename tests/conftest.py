@@ -1,0 +1,58 @@
+"""Test configuration: nothing in the suite may reach the network."""
+
+import os
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+# Imports after the environment is set, so no library reads it too early.
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel  # noqa: E402
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
+
+_TINY = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, sliding_window=None),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2),
+    "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=128),
+}
+
+
+def tiny_causal_lm(architecture: str = "llama", seed: int = 0, vocab: int = 97) -> PreTrainedModel:
+    """A tiny random causal LM of a real HF architecture, in eval mode (no downloads)."""
+    config = AutoConfig.for_model(
+        architecture, vocab_size=vocab, max_position_embeddings=128, pad_token_id=0,
+        **_TINY[architecture],
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def perturb_trm(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
+    """Give every TRM weight random values, so the blocks change the output (up starts at 0)."""
+    from millennial.hybrid.inject import trm_named_parameters
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in trm_named_parameters(model).values():
+            noise = torch.randn(parameter.shape, generator=generator) * std
+            parameter.copy_(noise + (1.0 if parameter.dim() == 1 else 0.0))
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def architecture(request: pytest.FixtureRequest) -> str:
+    return request.param

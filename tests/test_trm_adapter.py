@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+from conftest import perturb_trm, tiny_causal_lm
+
+from millennial.hybrid import TRMConfig, inject, load_trm, save_trm
+from millennial.hybrid.adapter import CONFIG_FILE, WEIGHTS_FILE, base_weights_sha256
+from millennial.hybrid.inject import trm_named_parameters
+
+CONFIG = TRMConfig(injection_layers=[0, -1], hidden_size=16, num_heads=2, num_layers=1,
+                   latent_steps=2, cycles=2, ffn_size=24, share_across_layers=True)
+
+
+def trained_hybrid(architecture: str = "llama"):
+    model = inject(tiny_causal_lm(architecture), CONFIG)
+    perturb_trm(model)
+    return model
+
+
+def test_round_trip_restores_the_hybrid_exactly(tmp_path, architecture: str) -> None:
+    model = trained_hybrid(architecture)
+    save_trm(model, tmp_path / "adapter", base_name="tiny", base_revision="r1")
+    ids = torch.randint(1, 97, (2, 8))
+    loaded = load_trm(tiny_causal_lm(architecture), tmp_path / "adapter")
+    assert loaded.trm_config == CONFIG
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_artifact_holds_only_trm_weights_and_the_base_identity(tmp_path) -> None:
+    model = trained_hybrid()
+    save_trm(model, tmp_path / "adapter", base_name="tiny", base_revision="r1")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [WEIGHTS_FILE, CONFIG_FILE]
+    meta = json.loads((tmp_path / "adapter" / CONFIG_FILE).read_text())
+    assert meta["base"] == {"name": "tiny", "revision": "r1",
+                            "weights_sha256": base_weights_sha256(tiny_causal_lm())}
+    assert TRMConfig.from_dict(meta["trm"]) == CONFIG
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / WEIGHTS_FILE)
+    assert set(saved) == set(trm_named_parameters(model))
+
+
+def test_loading_onto_a_different_base_is_refused_unless_not_strict(tmp_path) -> None:
+    save_trm(trained_hybrid(), tmp_path / "adapter")
+    with pytest.raises(ValueError, match="weights sha256"):
+        load_trm(tiny_causal_lm(seed=7), tmp_path / "adapter")
+    with pytest.warns(UserWarning, match="weights sha256"):
+        other = load_trm(tiny_causal_lm(seed=7), tmp_path / "adapter", strict=False)
+    assert other.trm_config == CONFIG
+
+
+def test_loading_into_a_model_with_another_trm_config_fails(tmp_path) -> None:
+    save_trm(trained_hybrid(), tmp_path / "adapter")
+    other = inject(tiny_causal_lm(), TRMConfig(injection_layers=[1], hidden_size=16, num_heads=2))
+    with pytest.raises(ValueError, match="differs"):
+        load_trm(other, tmp_path / "adapter")
+
+
+def test_missing_artifact_and_model_without_blocks_give_clear_errors(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
+        load_trm(tiny_causal_lm(), tmp_path)
+    with pytest.raises(ValueError, match="no TRM blocks"):
+        save_trm(tiny_causal_lm(), tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
