@@ -63,3 +63,18 @@ def test_missing_artifact_and_model_without_blocks_give_clear_errors(tmp_path) -
     with pytest.raises(ValueError, match="no TRM blocks"):
         save_trm(tiny_causal_lm(), tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_adapter_names_its_base_by_the_hash_in_the_base_provenance(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from millennial.base import prepare_base
+
+    spec = {"source": "tiny-random", "tiny_random": {
+        "architecture": "llama", "seed": 3, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+        "num_kv_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}}
+    provenance = prepare_base(spec, tmp_path / "base")
+    model = inject(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), CONFIG)
+    save_trm(model, tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / CONFIG_FILE).read_text())
+    assert meta["base"]["weights_sha256"] == provenance["state_sha256"]

@@ -20,3 +20,8 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def parameters_sha256(model: torch.nn.Module) -> str:
+    """The digest of a model's parameters, tied weights once: what adapters name their base by."""
+    return tensors_sha256(dict(model.named_parameters()))

@@ -23,7 +23,7 @@ CONFIG_FILE = "trm_config.json"
 
 
 def base_weights_sha256(model: nn.Module) -> str:
-    """Content hash of the base (non-TRM) parameters, as `prepare_base` records it."""
+    """Content hash of the base (non-TRM) parameters: `state_sha256` in the base's provenance."""
     return tensors_sha256(base_named_parameters(model))
 
 

@@ -1,0 +1,30 @@
+"""DVC stage `prepare_base`: params.yaml `base` -> models/base/ (weights, tokenizer, provenance)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from millennial.base import BaseSourceError, prepare_base_from_params
+from millennial.params import ParamsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.prepare_base", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("models/base"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        prepare_base_from_params(args.params, args.out)
+    except (ParamsError, BaseSourceError) as err:  # a user's fix, not a bug: no traceback
+        print(f"prepare_base: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""One slice of the real pipeline: `dvc repro` in a scratch copy of this repo, tiny profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git+DVC copy of the project's files with the base switched to tiny-random."""
+    root = tmp_path_factory.mktemp("workspace")
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
+    for name in listed.splitlines():
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base"]["source"] = "tiny-random"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "workspace"], root)
+    return root
+
+
+def dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def test_repro_builds_the_base_and_a_second_repro_does_nothing(workspace: Path) -> None:
+    run(dvc("repro"), workspace)
+    provenance = json.loads((workspace / "models/base/provenance.json").read_text())
+    assert provenance["source"] == "tiny-random"
+    status = run(dvc("status", "--json"), workspace)
+    assert json.loads(status.stdout) == {}
+    again = run(dvc("repro"), workspace)
+    assert "didn't change" in again.stdout and "Running stage" not in again.stdout
