@@ -201,3 +201,19 @@ def test_injecting_twice_and_bad_layer_indices_fail() -> None:
         inject(model, SMALL)
     with pytest.raises(ValueError, match="out of range"):
         inject(tiny_causal_lm(), TRMConfig(injection_layers=[4], hidden_size=16, num_heads=2))
+
+
+def test_deep_supervision_carries_the_recursion_state_between_forwards() -> None:
+    from millennial.hybrid.inject import deep_supervision
+
+    model = hybrid("llama")
+    ids = torch.randint(1, 97, (2, 8))
+    fresh = model(ids).logits
+    with deep_supervision(model):
+        first = model(ids).logits
+        second = model(ids).logits
+        assert all(block.carry is not None for block in trm_blocks(model))
+        assert not any(block.carry[0].requires_grad for block in trm_blocks(model))
+    assert torch.equal(first, fresh) and not torch.allclose(second, fresh)
+    assert all(block.carry is None for block in trm_blocks(model))
+    assert torch.equal(model(ids).logits, fresh)

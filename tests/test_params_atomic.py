@@ -5,7 +5,7 @@ from millennial.params import ParamsError, load_params, section
 
 
 def test_missing_file_and_broken_yaml_name_the_file_and_line(tmp_path) -> None:
-    with pytest.raises(ParamsError, match="nope.yaml: params file not found"):
+    with pytest.raises(ParamsError, match=r"nope\.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
     broken = tmp_path / "params.yaml"
     broken.write_text("base:\n  source: [unclosed\n  dtype: float32\n")
@@ -19,9 +19,9 @@ def test_missing_file_and_broken_yaml_name_the_file_and_line(tmp_path) -> None:
 def test_section_names_the_missing_or_wrong_key() -> None:
     params = {"base": {"tiny_random": {"seed": 0}, "dtype": "float32"}}
     assert section(params, "base.tiny_random") == {"seed": 0}
-    with pytest.raises(ParamsError, match="missing key 'base.hub'"):
+    with pytest.raises(ParamsError, match=r"missing key 'base\.hub'"):
         section(params, "base.hub")
-    with pytest.raises(ParamsError, match="'base.dtype' must be a mapping"):
+    with pytest.raises(ParamsError, match=r"'base\.dtype' must be a mapping"):
         section(params, "base.dtype")
 
 

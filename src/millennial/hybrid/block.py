@@ -156,6 +156,10 @@ class TRMBlock(nn.Module):
         self.config = config
         self.rope_theta = rope_theta
         self.enabled = True
+        # Deep supervision (TRM's N_sup steps per batch) carries the detached (y, z) of one step
+        # into the next; `carry` is None outside it, and the recursion starts from zeros.
+        self.keep_carry = False
+        self.carry: tuple[torch.Tensor, torch.Tensor] | None = None
         self.norm = RMSNorm(base_width)
         self.down = nn.Linear(base_width, config.hidden_size, bias=False)
         self.core = core if core is not None else RecursiveCore(config)
@@ -181,8 +185,7 @@ class TRMBlock(nn.Module):
         past = cache.length if cache is not None else 0
         mask = attention_mask(key_padding, hidden.shape[1], past, hidden.device)
         attend = Attend(cos, sin, mask, cache)
-        y = torch.zeros_like(x)
-        z = torch.zeros_like(x)
+        y, z = self.carry if self.carry is not None else (torch.zeros_like(x), torch.zeros_like(x))
         call = 0
         for cycle in range(self.config.cycles):
             with torch.set_grad_enabled(
@@ -195,6 +198,8 @@ class TRMBlock(nn.Module):
                 call += 1
         if cache is not None:
             cache.length = past + hidden.shape[1]
+        if self.keep_carry:
+            self.carry = (y.detach(), z.detach())
         return hidden + self.up(y).to(hidden.dtype)
 
 

@@ -194,6 +194,23 @@ def trm_disabled(model: nn.Module) -> Iterator[nn.Module]:
             block.enabled = enabled
 
 
+@contextmanager
+def deep_supervision(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this block each forward starts from the (y, z) the previous forward ended with.
+
+    TRM's deep supervision: several forward/backward/optimizer steps on one batch, the recursion
+    state detached and carried between them. Leaving the block drops the carried state.
+    """
+    blocks = trm_blocks(model)
+    for block in blocks:
+        block.keep_carry, block.carry = True, None
+    try:
+        yield model
+    finally:
+        for block in blocks:
+            block.keep_carry, block.carry = False, None
+
+
 def trm_parameter_count(model_config: PretrainedConfig, trm_config: TRMConfig) -> int:
     """Exact TRM parameter count from the base's config alone (works for 70B bases on a laptop)."""
     text_config = model_config.get_text_config()
