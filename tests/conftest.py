@@ -44,7 +44,7 @@ def tiny_causal_lm(architecture: str = "llama", seed: int = 0, vocab: int = 97) 
 
 def perturb_trm(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
     """Give every TRM weight random values, so the blocks change the output (up starts at 0)."""
-    from millennial.hybrid.inject import trm_named_parameters
+    from millennial.hybrid.injection import trm_named_parameters
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from millennial.hybrid import (
     trm_disabled,
     trm_parameter_count,
 )
-from millennial.hybrid.inject import find_decoder_layers, trm_blocks, trm_named_parameters
+from millennial.hybrid.injection import find_decoder_layers, trm_blocks, trm_named_parameters
 
 SMALL = TRMConfig(injection_layers=[1, -1], hidden_size=16, num_heads=2, num_layers=2,
                   latent_steps=2, cycles=2, ffn_size=24)
@@ -204,7 +204,7 @@ def test_injecting_twice_and_bad_layer_indices_fail() -> None:
 
 
 def test_deep_supervision_carries_the_recursion_state_between_forwards() -> None:
-    from millennial.hybrid.inject import deep_supervision
+    from millennial.hybrid.injection import deep_supervision
 
     model = hybrid("llama")
     ids = torch.randint(1, 97, (2, 8))

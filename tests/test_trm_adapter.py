@@ -6,7 +6,7 @@ from conftest import perturb_trm, tiny_causal_lm
 
 from millennial.hybrid import TRMConfig, inject, load_trm, save_trm
 from millennial.hybrid.adapter import CONFIG_FILE, WEIGHTS_FILE, base_weights_sha256
-from millennial.hybrid.inject import trm_named_parameters
+from millennial.hybrid.injection import trm_named_parameters
 
 CONFIG = TRMConfig(injection_layers=[0, -1], hidden_size=16, num_heads=2, num_layers=1,
                    latent_steps=2, cycles=2, ffn_size=24, share_across_layers=True)

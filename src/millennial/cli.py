@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from millennial.cost.cli import register as register_cost_commands
+
 
 def _prepare_base(args: argparse.Namespace) -> int:
     # torch + transformers take ~10 s to import: only pay for them when the command runs.
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     # Each registration adds one sub-parser and sets `func`; heavy imports happen inside `func`.
     register_prepare_base(commands)
+    register_cost_commands(commands)
     return parser
 
 

@@ -1,22 +1,28 @@
-"""The hybrid model: TRM blocks injected into a frozen Hugging Face causal LM."""
+"""The hybrid model: TRM blocks injected into a frozen Hugging Face causal LM.
 
-from millennial.hybrid.adapter import load_trm, save_trm
-from millennial.hybrid.config import TRMConfig
-from millennial.hybrid.inject import (
-    SUPPORTED_MODEL_TYPES,
-    freeze_base,
-    inject,
-    trm_disabled,
-    trm_parameter_count,
-)
+Names resolve lazily (PEP 562): `TRMConfig` alone needs no torch, so planning stays fast.
+"""
 
-__all__ = [
-    "SUPPORTED_MODEL_TYPES",
-    "TRMConfig",
-    "freeze_base",
-    "inject",
-    "load_trm",
-    "save_trm",
-    "trm_disabled",
-    "trm_parameter_count",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TRMConfig": "millennial.hybrid.config",
+    "SUPPORTED_MODEL_TYPES": "millennial.hybrid.injection",
+    "deep_supervision": "millennial.hybrid.injection",
+    "freeze_base": "millennial.hybrid.injection",
+    "inject": "millennial.hybrid.injection",
+    "trm_disabled": "millennial.hybrid.injection",
+    "trm_parameter_count": "millennial.hybrid.injection",
+    "load_trm": "millennial.hybrid.adapter",
+    "save_trm": "millennial.hybrid.adapter",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -16,7 +16,7 @@ from torch import nn
 from millennial.atomic import atomic_dir
 from millennial.fingerprint import tensors_sha256
 from millennial.hybrid.config import TRMConfig
-from millennial.hybrid.inject import base_named_parameters, inject, trm_named_parameters
+from millennial.hybrid.injection import base_named_parameters, inject, trm_named_parameters
 
 WEIGHTS_FILE = "trm.safetensors"
 CONFIG_FILE = "trm_config.json"

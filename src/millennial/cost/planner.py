@@ -1,0 +1,770 @@
+"""What a training run will cost, computed from the architecture alone.
+
+Parameter counts are exact (every matrix, bias, norm and embedding a config implies). FLOPs are
+counted per token and broken down by what runs: the base forward, the activation gradient that
+must flow back through frozen layers to reach the lowest trainable point, weight gradients of
+trainable parameters only, the TRM's recursive calls, and recomputation under gradient
+checkpointing. Conventions (tested against `torch.utils.flop_counter.FlopCounterMode`):
+
+- A matmul of an (m x k) by a (k x n) matrix is 2mkn FLOPs; embedding lookups, norms,
+  activations, softmax and the loss are not counted.
+- Attention scores use the full context per query (PaLM appendix B: 12 * L * d * ctx per token
+  for training): QK^T and AV cost 4 * ctx * width per layer forward and twice that backward. A
+  causal kernel that skips masked blocks does about half of this, so the figure is an upper bound.
+- Backward of a matmul is two matmuls: the activation gradient (needed wherever anything below
+  still needs gradient) and the weight gradient (only for trainable weights), each costing the
+  forward's FLOPs. Layers below the lowest trainable point run no backward at all.
+- A TRM block runs `cycles * (latent_steps + 1)` calls of its core f per token; all run forward,
+  only the last `grad_cycles * (latent_steps + 1)` run backward.
+- Time: GPU-hours = model FLOPs / (peak * MFU) / 3600, with MFU as PaLM defines it (model
+  FLOPs only). Recomputation is reported as executed FLOPs; its time cost is part of what keeps
+  MFU below hardware utilisation, so calibrate MFU on a run with the same checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from millennial.cost.hardware import CPU, Device
+from millennial.hybrid.config import TRMConfig
+
+PHASES = ("phase1", "phase2", "lora", "scratch")
+SHARDINGS = ("ddp", "fsdp")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+
+BYTES_PER_FROZEN_PARAM = 2  # bf16 weight
+BYTES_PER_TRAINABLE_PARAM = 16  # bf16 weight + fp32 master + bf16 grad + 2 fp32 AdamW moments
+BYTES_PER_ACTIVATION = 2  # bf16
+LOGIT_BYTES_PER_VOCAB_ENTRY = 6  # bf16 logits and their fp32 copy for the loss, per token
+MFU_MULTI_GPU = 0.40  # reference.md s3: plan 35-45% tuned multi-GPU
+MFU_SINGLE_GPU = 0.30  # reference.md s3: 25-35% single-GPU HF-style loops
+POWER_UTILISATION = 0.8  # assumed average board draw under training, as a fraction of TDP
+GRID_KG_CO2E_PER_KWH = 0.4  # assumed grid intensity (roughly a world average)
+CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 compute-optimal budget for scratch
+MAX_GPUS = 4096
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One weight matrix of a decoder layer."""
+
+    name: str
+    fan_in: int
+    fan_out: int
+    bias: bool = False
+    reads_layer_input: bool = False  # its input is the (normed) stream entering the layer
+
+    @property
+    def params(self) -> int:
+        return self.fan_in * self.fan_out + (self.fan_out if self.bias else 0)
+
+    @property
+    def macs(self) -> int:
+        return self.fan_in * self.fan_out
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything about a decoder-only LM that sets its parameter count and FLOPs."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    attention_width: int  # query heads * head dim
+    kv_width: int  # key/value heads * head dim
+    intermediate_size: int
+    vocab_size: int
+    tied_embeddings: bool
+    position_embeddings: int  # rows of a learned position table (0 with rotary positions)
+    norm_params: int  # parameters of one norm: H (RMSNorm) or 2H (LayerNorm with bias)
+    gated_mlp: bool
+    linears: tuple[Linear, ...]  # the weight matrices of one decoder layer, in execution order
+    # Something after the last matmul saves tensors for backward (GPT-2's residual dropout
+    # mask), so checkpoint recomputation cannot stop before that matmul.
+    saves_after_last_matmul: bool = False
+
+    @property
+    def layer_params(self) -> int:
+        return sum(linear.params for linear in self.linears) + 2 * self.norm_params
+
+    @property
+    def layer_macs(self) -> int:
+        return sum(linear.macs for linear in self.linears)
+
+
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _field(config: Any, name: str, default: Any = ...) -> Any:
+    value = config.get(name, default) if isinstance(config, Mapping) else getattr(
+        config, name, default
+    )
+    if value is ...:
+        raise ValueError(f"base config: missing field {name!r}")
+    return value
+
+
+def model_shape(config: Any) -> ModelShape:
+    """Shape of a `transformers` config object or a config.json mapping of a supported family."""
+    config = _text_config(config)
+    model_type = _field(config, "model_type")
+    if model_type == "gpt2":
+        return _gpt2_shape(config)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"base config: model_type {model_type!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    hidden = _field(config, "hidden_size")
+    heads = _field(config, "num_attention_heads")
+    kv_heads = _field(config, "num_key_value_heads", None) or heads
+    head_dim = _field(config, "head_dim", None) or hidden // heads
+    inner = _field(config, "intermediate_size")
+    if model_type == "llama":
+        qkv_bias = o_bias = bool(_field(config, "attention_bias", False))
+        mlp_bias = bool(_field(config, "mlp_bias", False))
+    else:  # qwen2 has q/k/v biases and no o bias; mistral has none
+        qkv_bias, o_bias, mlp_bias = model_type == "qwen2", False, False
+    width, kv = heads * head_dim, kv_heads * head_dim
+    linears = (
+        Linear("q_proj", hidden, width, qkv_bias, True),
+        Linear("k_proj", hidden, kv, qkv_bias, True),
+        Linear("v_proj", hidden, kv, qkv_bias, True),
+        Linear("o_proj", width, hidden, o_bias),
+        Linear("gate_proj", hidden, inner, mlp_bias),
+        Linear("up_proj", hidden, inner, mlp_bias),
+        Linear("down_proj", inner, hidden, mlp_bias),
+    )
+    return ModelShape(
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=_field(config, "num_hidden_layers"),
+        attention_width=width,
+        kv_width=kv,
+        intermediate_size=inner,
+        vocab_size=_field(config, "vocab_size"),
+        tied_embeddings=bool(_field(config, "tie_word_embeddings", False)),
+        position_embeddings=0,
+        norm_params=hidden,
+        gated_mlp=True,
+        linears=linears,
+    )
+
+
+def _gpt2_shape(config: Any) -> ModelShape:
+    hidden = _field(config, "n_embd")
+    inner = _field(config, "n_inner", None) or 4 * hidden
+    linears = (
+        Linear("c_attn", hidden, 3 * hidden, True, True),
+        Linear("attn.c_proj", hidden, hidden, True),
+        Linear("c_fc", hidden, inner, True),
+        Linear("mlp.c_proj", inner, hidden, True),
+    )
+    return ModelShape(
+        model_type="gpt2",
+        hidden_size=hidden,
+        num_layers=_field(config, "n_layer"),
+        attention_width=hidden,
+        kv_width=hidden,
+        intermediate_size=inner,
+        vocab_size=_field(config, "vocab_size"),
+        tied_embeddings=bool(_field(config, "tie_word_embeddings", True)),
+        position_embeddings=_field(config, "n_positions"),
+        norm_params=2 * hidden,
+        gated_mlp=False,
+        linears=linears,
+        saves_after_last_matmul=float(_field(config, "resid_pdrop", 0.1)) > 0,
+    )
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def base_parameters(shape: ModelShape) -> dict[str, int]:
+    """Exact parameter count by part; a tied LM head shares the embedding and counts once."""
+    parts = {
+        "embeddings": shape.vocab_size * shape.hidden_size,
+        "position_embeddings": shape.position_embeddings * shape.hidden_size,
+        "decoder_layers": shape.num_layers * shape.layer_params,
+        "final_norm": shape.norm_params,
+        "lm_head": 0 if shape.tied_embeddings else shape.vocab_size * shape.hidden_size,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def trm_core_parameters(trm: TRMConfig) -> int:
+    """Parameters of one core f: per layer q/k/v/o, SwiGLU and two norms; one final norm."""
+    d = trm.hidden_size
+    return trm.num_layers * (4 * d * d + 3 * d * trm.ffn_size + 2 * d) + d
+
+
+def trm_parameters(shape: ModelShape, trm: TRMConfig) -> dict[str, int]:
+    """TRM parameters by part (same formula as `millennial.hybrid.trm_parameter_count`)."""
+    points = len(trm.resolve_layers(shape.num_layers))
+    per_point = shape.hidden_size + 2 * shape.hidden_size * trm.hidden_size  # norm, down, up
+    core = trm_core_parameters(trm)
+    cores = 1 if trm.share_across_layers else points
+    return {
+        "injection_points": points,
+        "per_point_projections": per_point,
+        "core": core,
+        "cores": cores,
+        "total": points * per_point + cores * core,
+    }
+
+
+def lora_parameters(shape: ModelShape, rank: int) -> int:
+    """LoRA on every weight matrix of every decoder layer: rank * (fan_in + fan_out) each."""
+    return shape.num_layers * sum(rank * (lin.fan_in + lin.fan_out) for lin in shape.linears)
+
+
+# --------------------------------------------------------------------------- what trains
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """Which parameters carry gradient; it decides which backward matmuls run."""
+
+    base_layers_from: int | None = None  # decoder layers with index >= this train all weights
+    embeddings: bool = False  # input embeddings (and so a tied head) train
+    head: bool = False  # an untied LM head trains
+    trm: TRMConfig | None = None  # TRM blocks train (when present)
+    lora_rank: int = 0  # LoRA adapters on every decoder weight matrix
+
+    @classmethod
+    def for_phase(cls, phase: str, trm: TRMConfig | None, lora_rank: int = 0) -> Trainable:
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if phase in ("phase1", "phase2") and trm is None:
+            raise ValueError(f"{phase} trains TRM blocks: a TRM config is required")
+        if phase == "lora" and lora_rank < 1:
+            raise ValueError(f"lora needs a positive rank, got {lora_rank}")
+        if phase == "phase1":
+            return cls(trm=trm)
+        if phase == "lora":
+            return cls(lora_rank=lora_rank)
+        return cls(base_layers_from=0, embeddings=True, head=True, trm=trm)
+
+
+def backward_status(
+    shape: ModelShape, trainable: Trainable, *, grad_checkpointing: bool = False
+) -> list[str]:
+    """Per decoder layer: 'full' backward, 'partial' (no gradient into its input) or 'none'.
+
+    Gradient must reach the lowest trainable point. A TRM block at layer i adds to layer i's
+    output, so layers above i need the activation gradient and layer i itself none. A trainable
+    layer j needs its full backward (its norm weights train, so even q/k/v need input
+    gradients); LoRA on a frozen layer 0 needs none into the frozen q/k/v inputs. Hugging Face
+    gradient checkpointing makes the embedding output require grad
+    (`enable_input_require_grads`), so with it every layer runs a full backward.
+    """
+    count = shape.num_layers
+    if trainable.embeddings or grad_checkpointing:
+        return ["full"] * count
+    first_full = count if trainable.base_layers_from is None else trainable.base_layers_from
+    if trainable.trm is not None:
+        first_full = min(first_full, trainable.trm.resolve_layers(count)[0] + 1)
+    if trainable.lora_rank:
+        first_full = min(first_full, 1)
+    return [
+        "full" if i >= first_full else "partial" if trainable.lora_rank and i == 0 else "none"
+        for i in range(count)
+    ]
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """FLOPs per token by origin. `model` excludes recomputation; `executed` includes it."""
+
+    base_forward_matmul: float = 0.0
+    base_forward_attention: float = 0.0
+    base_activation_grad: float = 0.0
+    base_weight_grad: float = 0.0
+    trm_forward: float = 0.0
+    trm_backward: float = 0.0
+    lora_forward: float = 0.0
+    lora_backward: float = 0.0
+    recompute: float = 0.0
+
+    @property
+    def model(self) -> float:
+        return self.executed - self.recompute
+
+    @property
+    def executed(self) -> float:
+        return sum(asdict(self).values())
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "model": self.model, "executed": self.executed}
+
+
+def attention_flops(width: int, context: int) -> int:
+    """Forward QK^T and AV per token per layer, full context (see module docstring)."""
+    return 4 * context * width
+
+
+def trm_call_flops(trm: TRMConfig, context: int) -> tuple[int, int]:
+    """(matmul, attention) forward FLOPs of one call of the core f, per token."""
+    d = trm.hidden_size
+    matmul = 2 * trm.num_layers * (4 * d * d + 3 * d * trm.ffn_size)
+    return matmul, trm.num_layers * attention_flops(d, context)
+
+
+def forward_flops_per_token(
+    shape: ModelShape, context: int, trm: TRMConfig | None = None
+) -> FlopBreakdown:
+    """One forward pass (evaluation, generation without cache): base plus every TRM call."""
+    trm_forward = 0.0
+    if trm is not None:
+        trm_forward = len(trm.resolve_layers(shape.num_layers)) * _trm_block_forward(
+            shape, trm, context
+        )
+    return FlopBreakdown(
+        base_forward_matmul=2 * (shape.num_layers * shape.layer_macs
+                                 + shape.hidden_size * shape.vocab_size),
+        base_forward_attention=shape.num_layers * attention_flops(shape.attention_width, context),
+        trm_forward=trm_forward,
+    )
+
+
+def _trm_block_forward(shape: ModelShape, trm: TRMConfig, context: int) -> float:
+    matmul, attention = trm_call_flops(trm, context)
+    projections = 2 * 2 * shape.hidden_size * trm.hidden_size  # down and up
+    return projections + trm.total_calls * (matmul + attention)
+
+
+def training_flops_per_token(
+    shape: ModelShape,
+    context: int,
+    trainable: Trainable,
+    *,
+    grad_checkpointing: bool = False,
+) -> FlopBreakdown:
+    """One forward and backward pass per token for what `trainable` says carries gradient."""
+    forward = forward_flops_per_token(shape, context, trainable.trm)
+    status = backward_status(shape, trainable, grad_checkpointing=grad_checkpointing)
+    layer_attention = attention_flops(shape.attention_width, context)
+    input_macs = sum(lin.macs for lin in shape.linears if lin.reads_layer_input)
+    head_macs = shape.hidden_size * shape.vocab_size
+    trm_points = (
+        trainable.trm.resolve_layers(shape.num_layers) if trainable.trm is not None else ()
+    )
+
+    act_grad = 0.0
+    for state in status:
+        if state != "none":
+            skipped = input_macs if state == "partial" else 0
+            act_grad += 2 * (shape.layer_macs - skipped) + 2 * layer_attention
+    if trainable.embeddings or trm_points or any(state != "none" for state in status):
+        act_grad += 2 * head_macs
+
+    weight_grad = 0.0
+    if trainable.base_layers_from is not None:
+        trained_layers = max(0, shape.num_layers - trainable.base_layers_from)
+        weight_grad += 2 * trained_layers * shape.layer_macs
+    head_trains = trainable.embeddings if shape.tied_embeddings else trainable.head
+    if head_trains:
+        weight_grad += 2 * head_macs
+
+    lora_forward = lora_backward = 0.0
+    rank = trainable.lora_rank
+    if rank:
+        for state in status:
+            for lin in shape.linears:
+                lora_forward += 2 * rank * (lin.fan_in + lin.fan_out)
+                input_needs_grad = state == "full" or not lin.reads_layer_input
+                # B: weight and activation gradient; A: weight gradient (+ input gradient).
+                lora_backward += 2 * rank * (2 * lin.fan_out + lin.fan_in)
+                lora_backward += 2 * rank * lin.fan_in if input_needs_grad else 0
+
+    trm_backward = 0.0
+    if trainable.trm is not None:
+        trm = trainable.trm
+        matmul, attention = trm_call_flops(trm, context)
+        projection = 2 * shape.hidden_size * trm.hidden_size
+        # up and down each need dW and dX (the block's input norm weight trains, so the
+        # gradient must pass through down even where the base below needs none).
+        per_block = trm.grad_calls * (2 * matmul + 2 * attention) + 4 * projection
+        trm_backward = len(trm_points) * per_block
+
+    recompute = 0.0
+    if grad_checkpointing:
+        # Every decoder layer re-runs its forward in backward, except its last matmul (LoRA's B
+        # when adapted): PyTorch's non-reentrant checkpoint stops once the tensors backward
+        # needs are rebuilt. TRM blocks run in forward hooks outside the checkpointed
+        # `forward`, so they are not re-run.
+        last = shape.linears[-1]
+        skipped = 0 if shape.saves_after_last_matmul else (
+            2 * rank * last.fan_out if rank else 2 * last.macs
+        )
+        lora_layer = lora_forward / shape.num_layers if rank else 0.0
+        layer_forward = 2 * shape.layer_macs + layer_attention + lora_layer - skipped
+        recompute = shape.num_layers * layer_forward
+
+    return FlopBreakdown(
+        base_forward_matmul=forward.base_forward_matmul,
+        base_forward_attention=forward.base_forward_attention,
+        base_activation_grad=act_grad,
+        base_weight_grad=weight_grad,
+        trm_forward=forward.trm_forward,
+        trm_backward=trm_backward,
+        lora_forward=lora_forward,
+        lora_backward=lora_backward,
+        recompute=recompute,
+    )
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def layer_activation_bytes(
+    width: int, attention_width: int, kv_width: int, inner: int, gated: bool
+) -> int:
+    """Bytes per token a pre-norm decoder layer saves for backward (bf16, flash attention).
+
+    Saved: the two residual inputs and two normed inputs (4H), q/k/v (attention + 2 kv widths),
+    the attention output (attention width) and the MLP's hidden tensors (3 x inner gated, 2 x
+    inner GELU). Flash attention keeps no ctx x ctx score matrix. Close to Korthikanti et al.'s
+    34*H bytes for a 4H GELU MLP.
+    """
+    saved = 4 * width + 2 * attention_width + 2 * kv_width + (3 if gated else 2) * inner
+    return BYTES_PER_ACTIVATION * saved
+
+
+def activation_bytes_per_token(
+    shape: ModelShape, trainable: Trainable, *, grad_checkpointing: bool = False
+) -> dict[str, float]:
+    """Activation memory per token of micro-batch, by part.
+
+    Every layer that runs backward keeps its activations, and each TRM block keeps those of its
+    gradient-carrying calls. With (Hugging Face) checkpointing each decoder layer keeps only its
+    input (2H bytes) and one is rebuilt at a time; TRM blocks sit outside the checkpoint and
+    keep everything.
+    """
+    status = backward_status(shape, trainable, grad_checkpointing=grad_checkpointing)
+    layer = layer_activation_bytes(
+        shape.hidden_size, shape.attention_width, shape.kv_width, shape.intermediate_size,
+        shape.gated_mlp,
+    )
+    trm_points = (
+        trainable.trm.resolve_layers(shape.num_layers) if trainable.trm is not None else ()
+    )
+    trm_block = 0
+    if trainable.trm is not None:
+        trm = trainable.trm
+        d = trm.hidden_size
+        core_layer = layer_activation_bytes(d, d, d, trm.ffn_size, True)
+        trm_block = trm.grad_calls * trm.num_layers * core_layer
+        trm_block += BYTES_PER_ACTIVATION * (shape.hidden_size + d)  # down and up inputs
+    lora = BYTES_PER_ACTIVATION * trainable.lora_rank * len(shape.linears)
+    kept_layers = sum(state != "none" for state in status)
+    if grad_checkpointing:
+        base = BYTES_PER_ACTIVATION * shape.hidden_size * kept_layers + layer + lora
+    else:
+        base = kept_layers * (layer + lora)
+    trm_bytes = float(trm_block * len(trm_points))
+    logits = LOGIT_BYTES_PER_VOCAB_ENTRY * shape.vocab_size
+    return {
+        "base_layers": float(base),
+        "trm_blocks": trm_bytes,
+        "logits": float(logits),
+        "total": float(base + trm_bytes + logits),
+    }
+
+
+def memory_per_gpu(
+    *,
+    frozen_params: int,
+    trainable_params: int,
+    activation_bytes_per_token: float,
+    micro_batch_tokens: int,
+    gpus: int,
+    sharding: str,
+) -> dict[str, float]:
+    """GB per GPU. DDP replicates weights and optimizer state; FSDP/ZeRO-3 shards both."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
+    shards = gpus if sharding == "fsdp" else 1
+    frozen = frozen_params * BYTES_PER_FROZEN_PARAM / GB / shards
+    states = trainable_params * BYTES_PER_TRAINABLE_PARAM / GB / shards
+    activations = activation_bytes_per_token * micro_batch_tokens / GB
+    return {
+        "frozen_weights": frozen,
+        "trainable_weights_grads_adamw": states,
+        "activations": activations,
+        "total": frozen + states + activations,
+    }
+
+
+def min_gpus(
+    *,
+    frozen_params: int,
+    trainable_params: int,
+    activation_gb: float,
+    memory_gb: float,
+    sharding: str,
+) -> int | None:
+    """Fewest GPUs whose memory holds the run (None if none up to MAX_GPUS does).
+
+    More DDP replicas never lower per-GPU memory, so DDP fits on one GPU or on none.
+    """
+    states_gb = (
+        frozen_params * BYTES_PER_FROZEN_PARAM + trainable_params * BYTES_PER_TRAINABLE_PARAM
+    ) / GB
+    room = memory_gb - activation_gb
+    if room <= 0:
+        return None
+    if sharding == "ddp":
+        return 1 if states_gb <= room else None
+    needed = max(1, math.ceil(states_gb / room))
+    return needed if needed <= MAX_GPUS else None
+
+
+# --------------------------------------------------------------------------- time and money
+
+
+def default_mfu(gpus: int) -> float:
+    return MFU_MULTI_GPU if gpus > 1 else MFU_SINGLE_GPU
+
+
+def gpu_hours_for(flops: float, device: Device, mfu: float) -> float:
+    return flops / (device.peak_flops * mfu) / 3600.0
+
+
+def tokens_for_gpu_hours(
+    gpu_hours: float, flops_per_token: float, device: Device, mfu: float
+) -> float:
+    """Tokens a budget of device-hours buys at an MFU: the inverse of `gpu_hours_for`."""
+    return gpu_hours * 3600.0 * device.peak_flops * mfu / flops_per_token
+
+
+def project(
+    flops: float,
+    device: Device,
+    gpus: int,
+    mfu: float,
+    *,
+    usd_per_gpu_hour: float | None = None,
+    grid_kg_co2e_per_kwh: float = GRID_KG_CO2E_PER_KWH,
+    pue: float = 1.0,
+    power_utilisation: float = POWER_UTILISATION,
+) -> dict[str, float]:
+    """Hours, dollars, energy and CO2e of executing `flops` on `gpus` devices at `mfu`."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    price = device.usd_per_hour if usd_per_gpu_hour is None else usd_per_gpu_hour
+    hours = gpu_hours_for(flops, device, mfu)
+    kwh = hours * device.tdp_w * power_utilisation / 1000.0 * pue
+    return {
+        "gpu_hours": hours,
+        "wall_hours": hours / gpus,
+        "usd_per_gpu_hour": price,
+        "usd": hours * price,
+        "energy_kwh": kwh,
+        "co2e_kg": kwh * grid_kg_co2e_per_kwh,
+    }
+
+
+def mfu_from_calibration(path: str | Path) -> float:
+    """The MFU a real metered run achieved (`mfu` in a `metrics/cost/<stage>.json`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: calibration file not found")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    mfu = record.get("mfu") if isinstance(record, dict) else None
+    if not isinstance(mfu, (int, float)) or isinstance(mfu, bool) or not 0 < mfu <= 1:
+        raise ValueError(f"{path}: key 'mfu' must be a number in (0, 1], got {mfu!r}")
+    return float(mfu)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A costed training run; `to_dict` is the JSON `millennial plan --json` prints."""
+
+    base: str
+    phase: str
+    seq_len: int
+    base_params: int
+    base_params_breakdown: dict[str, int]
+    trm_params: int
+    trm_params_breakdown: dict[str, int] | None
+    lora_params: int
+    trainable_params: int
+    frozen_params: int
+    flops_per_token: float  # model FLOPs (no recomputation)
+    executed_flops_per_token: float  # with recomputation
+    flops_per_token_breakdown: dict[str, float]
+    tokens: float
+    tokens_source: str
+    total_flops: float  # model FLOPs: what the MFU is taken against
+    executed_flops: float
+    gpu: str
+    gpus: int
+    peak_flops_per_s: float
+    mfu: float
+    mfu_source: str
+    gpu_hours: float
+    wall_hours: float
+    usd_per_gpu_hour: float
+    usd: float
+    energy_kwh: float
+    co2e_kg: float
+    sharding: str
+    grad_checkpointing: bool
+    micro_batch_tokens: int
+    memory_per_gpu_gb: float
+    memory_breakdown_gb: dict[str, float]
+    device_memory_gb: float
+    fits: bool
+    min_gpus: int | None
+    trm: dict[str, Any] | None
+    assumptions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(
+    shape: ModelShape,
+    *,
+    phase: str,
+    device: Device,
+    trm: TRMConfig | None = None,
+    lora_rank: int = 0,
+    tokens: float | None = None,
+    budget_gpu_hours: float | None = None,
+    seq_len: int = 4096,
+    micro_batch_size: int = 1,
+    gpus: int = 1,
+    usd_per_gpu_hour: float | None = None,
+    mfu: float | None = None,
+    mfu_source: str | None = None,
+    sharding: str = "fsdp",
+    grad_checkpointing: bool = False,
+    grid_kg_co2e_per_kwh: float = GRID_KG_CO2E_PER_KWH,
+    pue: float = 1.0,
+    base_name: str = "",
+) -> Plan:
+    """Cost one training run. Tokens come from `tokens`, from a GPU-hour budget, or (scratch
+    only) from the Chinchilla budget of 20 tokens per trained parameter."""
+    trm = trm if phase in ("phase1", "phase2") else None
+    trainable = Trainable.for_phase(phase, trm, lora_rank)
+    base = base_parameters(shape)
+    trm_parts = trm_parameters(shape, trm) if trm is not None else None
+    trm_total = trm_parts["total"] if trm_parts else 0
+    lora_total = lora_parameters(shape, lora_rank) if phase == "lora" else 0
+    if phase in ("phase2", "scratch"):
+        trainable_params, frozen_params = base["total"] + trm_total, 0
+    else:
+        trainable_params, frozen_params = trm_total + lora_total, base["total"]
+
+    flops = training_flops_per_token(
+        shape, seq_len, trainable, grad_checkpointing=grad_checkpointing
+    )
+    chosen_mfu = default_mfu(gpus) if mfu is None else mfu
+    source = mfu_source or (
+        "given" if mfu is not None else
+        f"default {'multi' if gpus > 1 else 'single'}-GPU figure (reference.md s3)"
+    )
+    if device.name == CPU and mfu is None:
+        source += "; a GPU figure applied to a CPU: pass --mfu or --calibrate"
+    if tokens is not None and budget_gpu_hours is not None:
+        raise ValueError("give tokens or a GPU-hour budget, not both")
+    if tokens is not None:
+        tokens_source = "given"
+    elif budget_gpu_hours is not None:
+        tokens = tokens_for_gpu_hours(budget_gpu_hours, flops.model, device, chosen_mfu)
+        tokens_source = f"bought by {budget_gpu_hours:,.0f} GPU-hours"
+    elif phase == "scratch":
+        tokens = CHINCHILLA_TOKENS_PER_PARAM * float(trainable_params)
+        tokens_source = f"Chinchilla: {CHINCHILLA_TOKENS_PER_PARAM} tokens per parameter"
+    else:
+        raise ValueError(f"{phase}: give a token count (only scratch defaults to Chinchilla)")
+    total = tokens * flops.model
+    cost = project(
+        total, device, gpus, chosen_mfu, usd_per_gpu_hour=usd_per_gpu_hour,
+        grid_kg_co2e_per_kwh=grid_kg_co2e_per_kwh, pue=pue,
+    )
+
+    act = activation_bytes_per_token(shape, trainable, grad_checkpointing=grad_checkpointing)
+    micro_tokens = micro_batch_size * seq_len
+    memory = memory_per_gpu(
+        frozen_params=frozen_params, trainable_params=trainable_params,
+        activation_bytes_per_token=act["total"], micro_batch_tokens=micro_tokens, gpus=gpus,
+        sharding=sharding,
+    )
+    fewest = min_gpus(
+        frozen_params=frozen_params, trainable_params=trainable_params,
+        activation_gb=memory["activations"], memory_gb=device.memory_gb, sharding=sharding,
+    )
+    return Plan(
+        base=base_name,
+        phase=phase,
+        seq_len=seq_len,
+        base_params=base["total"],
+        base_params_breakdown=base,
+        trm_params=trm_total,
+        trm_params_breakdown=trm_parts,
+        lora_params=lora_total,
+        trainable_params=trainable_params,
+        frozen_params=frozen_params,
+        flops_per_token=flops.model,
+        executed_flops_per_token=flops.executed,
+        flops_per_token_breakdown=flops.to_dict(),
+        tokens=tokens,
+        tokens_source=tokens_source,
+        total_flops=total,
+        executed_flops=tokens * flops.executed,
+        gpu=device.name,
+        gpus=gpus,
+        peak_flops_per_s=device.peak_flops,
+        mfu=chosen_mfu,
+        mfu_source=source,
+        gpu_hours=cost["gpu_hours"],
+        wall_hours=cost["wall_hours"],
+        usd_per_gpu_hour=cost["usd_per_gpu_hour"],
+        usd=cost["usd"],
+        energy_kwh=cost["energy_kwh"],
+        co2e_kg=cost["co2e_kg"],
+        sharding=sharding,
+        grad_checkpointing=grad_checkpointing,
+        micro_batch_tokens=micro_tokens,
+        memory_per_gpu_gb=memory["total"],
+        memory_breakdown_gb={**memory, "activation_bytes_per_token": act},
+        device_memory_gb=device.memory_gb,
+        fits=memory["total"] <= device.memory_gb,
+        min_gpus=fewest,
+        trm=trm.to_dict() if trm is not None else None,
+        assumptions={
+            "device": device.source,
+            "price": "given" if usd_per_gpu_hour is not None else "device table default",
+            "power": f"{POWER_UTILISATION:g} x TDP average draw, PUE {pue:g}",
+            "grid_kg_co2e_per_kwh": grid_kg_co2e_per_kwh,
+            "bytes_per_param": f"frozen {BYTES_PER_FROZEN_PARAM} (bf16), trainable "
+                               f"{BYTES_PER_TRAINABLE_PARAM} (bf16 weight, fp32 master, grad, "
+                               "2 AdamW moments)",
+            "attention": "full-context QK^T and AV (PaLM convention; causal kernels do ~half)",
+            "mfu": "model FLOPs / (time x peak), PaLM definition: recomputation excluded",
+            "supervision": "one supervision step per batch (no TRM deep supervision)",
+            "memory": "no headroom for CUDA context, fragmentation or communication buffers",
+        },
+    )

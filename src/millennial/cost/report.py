@@ -1,0 +1,195 @@
+"""`millennial cost`: sum the per-stage cost records and project the run onto a GPU fleet.
+
+Reads every `metrics/cost/<stage>.json` the meter wrote, writes the totals to
+`metrics/cost.json` (a DVC metric) and a readable `reports/cost.md`: per stage, measured beside
+planned where the stage recorded a plan; totals; and what the same model FLOPs would take on a
+named fleet at an assumed MFU, priced by params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from millennial.atomic import write_json, write_text
+from millennial.cost.hardware import GPUS, get_device, with_price
+from millennial.cost.meter import load_cost_params, price_for
+from millennial.cost.planner import project
+
+REQUIRED_KEYS = ("stage", "status", "wall_seconds", "cpu_seconds", "cpu_core_hours",
+                 "device_kind", "device_hours", "gpu_hours", "energy_kwh", "energy_method",
+                 "usd", "co2e_kg", "tokens", "flops")
+SUMMED = ("wall_seconds", "cpu_seconds", "cpu_core_hours", "gpu_hours", "energy_kwh",
+          "co2e_kg", "flops")
+COMPARED = ("tokens", "flops", "wall_seconds", "gpu_hours", "energy_kwh", "usd", "mfu")
+
+
+def load_stage_records(metrics_dir: str | Path) -> list[dict[str, Any]]:
+    """Every stage record, sorted by stage; a broken or incomplete file is named."""
+    directory = Path(metrics_dir)
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: no such directory (no stage has been metered yet)")
+    records = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: a cost record must be a JSON object")
+        missing = [key for key in REQUIRED_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
+        records.append(record)
+    return sorted(records, key=lambda r: r["stage"])
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over stages: each summed field is the sum of the stages' fields."""
+    totals: dict[str, Any] = {key: sum(float(r[key] or 0) for r in records) for key in SUMMED}
+    by_kind: dict[str, float] = {}
+    for record in records:
+        kind = record["device_kind"]
+        by_kind[kind] = by_kind.get(kind, 0.0) + float(record["device_hours"])
+    totals.update(
+        tokens=sum(int(r["tokens"]) for r in records),
+        stages=len(records),
+        stage_names=[r["stage"] for r in records],
+        failed=[r["stage"] for r in records if r["status"] != "ok"],
+        device_hours_by_kind=by_kind,
+        usd=sum(float(r["usd"]) for r in records if r["usd"] is not None),
+        unpriced=[r["stage"] for r in records if r["usd"] is None],
+        energy_methods=sorted({r["energy_method"] for r in records}),
+    )
+    return totals
+
+
+def parse_fleet(text: str) -> tuple[int, str]:
+    """'8xA100-80GB' -> (8, 'A100-80GB')."""
+    match = re.fullmatch(r"(\d+)\s*[xX]\s*(\S+)", text.strip())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"--fleet {text!r}: expected COUNTxGPU, e.g. 8xA100-80GB")
+    count, name = int(match.group(1)), match.group(2)
+    if name not in GPUS:
+        raise ValueError(f"--fleet {text!r}: unknown GPU {name!r}; known: {', '.join(GPUS)}")
+    return count, name
+
+
+def project_to_fleet(
+    flops: float, fleet: str, mfu: float, params_path: str | Path | None = None
+) -> dict[str, Any]:
+    """What the run's model FLOPs would take on the fleet at `mfu`, priced by params.yaml."""
+    count, name = parse_fleet(fleet)
+    params = load_cost_params(params_path)
+    price, price_source = price_for(name, params)
+    device = with_price(get_device(name), price if price is not None else 0.0)
+    result = project(flops, device, count, mfu, grid_kg_co2e_per_kwh=params.grid_kg_co2e_per_kwh,
+                     pue=params.pue)
+    return {"fleet": fleet, "gpus": count, "gpu": name, "mfu": mfu, "flops": flops,
+            "price_source": price_source, **result}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_markdown(
+    records: Sequence[dict[str, Any]], totals: dict[str, Any], projection: dict[str, Any]
+) -> str:
+    lines = [
+        "# Cost of the pipeline run",
+        "",
+        "Measured by `millennial.cost.meter` in every stage; summed by `millennial cost`. "
+        "Energy figures carry the method that produced them (nvml and rapl are measurements; "
+        "codecarbon without RAPL/NVML and tdp-estimate are estimates).",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | wall s | CPU s | device | device-h | energy kWh | method | USD "
+        "| kg CO2e | tokens | FLOPs | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in records:
+        device = f"{r.get('device_count', 1)} x {r['device_kind']}"
+        lines.append(
+            f"| {r['stage']} | {r['status']} | {_fmt(r['wall_seconds'])} | "
+            f"{_fmt(r['cpu_seconds'])} | {device} | {_fmt(r['device_hours'])} | "
+            f"{_fmt(r['energy_kwh'])} | {r['energy_method']} | {_fmt(r['usd'])} | "
+            f"{_fmt(r['co2e_kg'])} | {r['tokens']} | {_fmt(float(r['flops']))} | "
+            f"{_fmt(r.get('mfu'))} |"
+        )
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed stages (cost recorded up to the failure):", ""]
+        lines += [f"- {r['stage']}: {r.get('error')}" for r in failed]
+    planned = [r for r in records if r.get("planned")]
+    lines += ["", "## Measured vs planned", ""]
+    if planned:
+        lines += ["| stage | quantity | planned | measured | measured / planned |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in planned:
+            for key in COMPARED:
+                if key in r["planned"] and r.get(key) is not None:
+                    plan_value, measured = float(r["planned"][key]), float(r[key])
+                    ratio = measured / plan_value if plan_value else None
+                    lines.append(f"| {r['stage']} | {key} | {_fmt(plan_value)} | "
+                                 f"{_fmt(measured)} | {_fmt(ratio)} |")
+    else:
+        lines.append("No stage recorded a plan (`Meter.set_planned`).")
+    kinds = ", ".join(f"{kind}: {hours:.4g} h" for kind, hours in
+                      totals["device_hours_by_kind"].items())
+    lines += [
+        "",
+        "## Totals",
+        "",
+        f"- stages: {totals['stages']} ({len(totals['failed'])} failed)",
+        f"- wall: {totals['wall_seconds']:.4g} s; CPU: {totals['cpu_seconds']:.4g} s; "
+        f"CPU core-hours: {totals['cpu_core_hours']:.4g}",
+        f"- device-hours by kind: {kinds or '-'}; GPU-hours: {totals['gpu_hours']:.4g}",
+        f"- energy: {totals['energy_kwh']:.4g} kWh ({', '.join(totals['energy_methods'])}); "
+        f"{totals['co2e_kg']:.4g} kg CO2e",
+        f"- cost: ${totals['usd']:.4g}"
+        + (f" (unpriced: {', '.join(totals['unpriced'])})" if totals["unpriced"] else ""),
+        f"- work: {totals['tokens']:,} tokens, {totals['flops']:.4g} model FLOPs",
+        "",
+        "## The same run on a GPU fleet",
+        "",
+        f"--fleet {projection['fleet']} --mfu {projection['mfu']:g}: "
+        f"{projection['wall_hours']:.4g} hours wall ({projection['gpu_hours']:.4g} GPU-hours), "
+        f"${projection['usd']:.4g} at ${projection['usd_per_gpu_hour']:g}/GPU-hour "
+        f"({projection['price_source']}), {projection['energy_kwh']:.4g} kWh, "
+        f"{projection['co2e_kg']:.4g} kg CO2e. Projected from the {projection['flops']:.4g} "
+        "model FLOPs the stages reported; stages that reported none are not in it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_cost_report(
+    metrics_dir: str | Path,
+    json_out: str | Path,
+    md_out: str | Path,
+    *,
+    fleet: str = "8xA100-80GB",
+    mfu: float = 0.40,
+    params_path: str | Path | None = "params.yaml",
+) -> dict[str, Any]:
+    """Write metrics/cost.json and reports/cost.md; return the totals."""
+    records = load_stage_records(metrics_dir)
+    totals = aggregate(records)
+    projection = project_to_fleet(totals["flops"], fleet, mfu, params_path)
+    stages = {
+        r["stage"]: {key: r.get(key) for key in ("status", "wall_seconds", "gpu_hours",
+                                                 "energy_kwh", "usd", "co2e_kg", "mfu")}
+        for r in records
+    }
+    write_json(json_out, {"totals": totals, "projection": projection, "stages": stages})
+    write_text(md_out, render_markdown(records, totals, projection))
+    return totals

@@ -1,0 +1,106 @@
+"""Training checkpoints: trainable weights, optimizer, scheduler, RNG and position, atomically.
+
+A run killed at any instant leaves only complete checkpoints (each is a directory renamed into
+place), so a restart resumes from the newest one and ends with the same weights as a run that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from millennial.atomic import atomic_dir
+
+PREFIX = "step-"
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a resumed run needs besides tensors."""
+
+    step: int = 0
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: Path,
+    progress: Progress,
+    trainable: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    keep: int,
+) -> Path:
+    """Write `directory/step-NNNNNN/` whole, then drop all but the newest `keep` checkpoints."""
+    target = directory / f"{PREFIX}{progress.step:06d}"
+    with atomic_dir(target) as tmp:
+        save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler_state, tmp / "scheduler.pt")
+        for rank, state in enumerate(rng_states):  # one per process: dropout streams differ
+            torch.save(state, tmp / f"rng-{rank}.pt")
+        (tmp / "progress.json").write_text(json.dumps(asdict(progress)) + "\n")
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories never match the prefix)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    progress: Progress
+    trainable: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def load_latest(directory: Path, rank: int) -> Checkpoint | None:
+    checkpoints = list_checkpoints(directory)
+    if not checkpoints:
+        return None
+    path = checkpoints[-1]
+    progress = Progress(**json.loads((path / "progress.json").read_text()))
+    return Checkpoint(
+        path=path,
+        progress=progress,
+        trainable=load_file(str(path / "trainable.safetensors")),
+        optimizer_state=torch.load(path / "optimizer.pt", weights_only=False),
+        scheduler_state=torch.load(path / "scheduler.pt", weights_only=False),
+        rng=torch.load(path / f"rng-{rank}.pt", weights_only=False),
+    )

@@ -1,0 +1,34 @@
+"""DVC stage `train_phase1`: TRM blocks on the frozen base -> models/phase1 (adapter only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from millennial.params import section
+from millennial.train.arms import Paths, run_phase1
+from millennial.train.config import TrainConfig
+from stages._common import run_stage, trm_config
+
+STAGE = "train_phase1"
+PATHS = Paths(
+    base=Path("models/base"),
+    train_data=Path("data/curated/packed/train.parquet"),
+    val_data=Path("data/curated/packed/val.parquet"),
+    out=Path("models/phase1"),
+    run=Path("runs/train_phase1"),
+    live=Path("dvclive/train_phase1"),
+)
+
+
+def body(params: dict[str, Any]) -> dict[str, Any]:
+    return run_phase1(PATHS, trm_config(params), TrainConfig.from_params(section(params, "train")))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(STAGE, argv, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
