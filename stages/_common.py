@@ -1,36 +1,47 @@
-"""Shared plumbing of the training stage entries: paths, params, exit codes."""
+"""Shared plumbing of the stage entries: params, the cost meter, metrics, exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from millennial.atomic import write_json
+from millennial.cost.meter import Meter
 from millennial.hybrid import TRMConfig
 from millennial.params import ParamsError, load_params, section
 
-
-def training_args(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    return parser.parse_args(argv)
+UserError = (ParamsError, FileNotFoundError)  # the user's to fix: a message, not a traceback
 
 
 def run_stage(
     stage: str, argv: Sequence[str] | None, body: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> int:
-    """Load params, run `body`, write `metrics/<stage>.json`; user errors exit 2, no traceback."""
-    args = training_args(stage, argv)
+    """Load params, run `body` inside the cost meter, write `metrics/<stage>.json`.
+
+    `body` returns the stage's metrics; its `tokens_this_run` and `flops` feed the meter. Under a
+    multi-process launch only rank 0 meters and writes (the others would race for the files).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     try:
         params = load_params(args.params)
-        metrics = body(params)
-    except (ParamsError, FileNotFoundError) as err:
+        with Meter(stage, params_path=args.params) if main_process else nullcontext() as meter:
+            metrics = body(params)
+            if meter is not None:
+                meter.add(tokens=metrics.get("tokens_this_run", 0),
+                          flops=metrics.get("flops", 0.0))
+    except UserError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 2
-    write_json(Path("metrics") / f"{stage}.json", metrics)
+    if main_process:
+        write_json(Path("metrics") / f"{stage}.json", metrics)
     return 0
 
 

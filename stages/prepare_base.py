@@ -9,17 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.base import BaseSourceError, prepare_base_from_params
+from millennial.cost.meter import Meter
 from millennial.params import ParamsError
+
+STAGE = "prepare_base"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.prepare_base", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("models/base"))
+    parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        prepare_base_from_params(args.params, args.out)
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
+            prepare_base_from_params(args.params, args.out)
     except (ParamsError, BaseSourceError) as err:  # a user's fix, not a bug: no traceback
         print(f"prepare_base: error: {err}", file=sys.stderr)
         return 2

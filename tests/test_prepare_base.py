@@ -302,7 +302,8 @@ def test_stage_entry_writes_models_base(tmp_path: Path) -> None:
     params = _params_file(tmp_path, tiny("qwen2"))
     out = tmp_path / "models" / "base"
     result = subprocess.run(
-        [sys.executable, "-m", "stages.prepare_base", "--params", str(params), "--out", str(out)],
+        [sys.executable, "-m", "stages.prepare_base", "--params", str(params), "--out", str(out),
+         "--cost-dir", str(tmp_path / "cost")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -314,6 +315,8 @@ def test_stage_entry_writes_models_base(tmp_path: Path) -> None:
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["model_class"] == "Qwen2ForCausalLM"
     assert provenance == prepare_base(tiny("qwen2"), tmp_path / "direct")
+    cost = json.loads((tmp_path / "cost" / "prepare_base.json").read_text())
+    assert cost["status"] == "ok" and cost["wall_seconds"] > 0
 
 
 def test_stage_entry_reports_bad_params_without_traceback(
@@ -323,8 +326,11 @@ def test_stage_entry_reports_bad_params_without_traceback(
     main = importlib.import_module("stages.prepare_base").main
 
     params = _params_file(tmp_path, {**DEFAULT_BASE, "source": "ftp"})
-    assert main(["--params", str(params), "--out", str(tmp_path / "out")]) == 2
+    cost = tmp_path / "cost"
+    args = ["--params", str(params), "--out", str(tmp_path / "out"), "--cost-dir", str(cost)]
+    assert main(args) == 2
     assert f"{params}: base.source must be one of" in capsys.readouterr().err
+    assert json.loads((cost / "prepare_base.json").read_text())["status"] == "failed"
     assert not (tmp_path / "out").exists()
 
 

@@ -226,3 +226,22 @@ def test_train_config_errors_name_the_key() -> None:
         TrainConfig.from_params({"epochs": 3})
     with pytest.raises(ParamsError, match="grad_accum"):
         TrainConfig.from_params({"deep_supervision_steps": 2, "grad_accum": 2})
+
+
+def test_disabled_phase2_stage_writes_a_marker_and_zero_cost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from stages import train_phase2
+
+    phase2 = {"enabled": False, "max_steps": 2, "lr_base": 1e-5, "lr_trm": 1e-4,
+              "trainable": "all"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"phase2": phase2, "train": {}}))
+    monkeypatch.chdir(tmp_path)
+    assert train_phase2.main([]) == 0
+    assert [p.name for p in (tmp_path / "models/phase2").iterdir()] == ["skipped.json"]
+    cost = json.loads((tmp_path / "metrics/cost/train_phase2.json").read_text())
+    assert (cost["status"], cost["usd"], cost["wall_seconds"], cost["flops"]) == (
+        "skipped", 0.0, 0.0, 0.0)

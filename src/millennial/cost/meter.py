@@ -483,6 +483,22 @@ class Meter:
         return None, f"no peak known for {self.devices.kind!r}"
 
 
+def write_skipped(stage: str, reason: str, out_dir: str | Path = "metrics/cost") -> dict[str, Any]:
+    """Record a stage that ran but did no work (e.g. phase 2 disabled): zero cost, by design."""
+    record = {
+        "stage": stage, "status": "skipped", "error": None, "reason": reason,
+        "started_at": _now(), "finished_at": _now(), "host": socket.gethostname(),
+        "wall_seconds": 0.0, "cpu_seconds": 0.0, "cpu_cores": 0, "cpu_core_hours": 0.0,
+        "device_kind": CPU, "device_name": None, "device_count": 0, "device_hours": 0.0,
+        "gpu_hours": 0.0, "energy_kwh": 0.0, "energy_method": "none (skipped)",
+        "energy_detail": None, "energy_methods_skipped": [], "co2e_kg": 0.0, "usd": 0.0,
+        "tokens": 0, "flops": 0.0, "achieved_flops_per_s": 0.0, "peak_flops_per_s": None,
+        "peak_source": "skipped", "mfu": None, "planned": None,
+    }
+    write_json(Path(out_dir) / f"{stage}.json", record)
+    return record
+
+
 def meter(stage: str, **options: Any) -> Meter:
     """`with meter("train_phase1") as m: ...; m.add(tokens=n, flops=f)`."""
     return Meter(stage, **options)

@@ -58,7 +58,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tokens=sum(int(r["tokens"]) for r in records),
         stages=len(records),
         stage_names=[r["stage"] for r in records],
-        failed=[r["stage"] for r in records if r["status"] != "ok"],
+        failed=[r["stage"] for r in records if r["status"] == "failed"],
         device_hours_by_kind=by_kind,
         usd=sum(float(r["usd"]) for r in records if r["usd"] is not None),
         unpriced=[r["stage"] for r in records if r["usd"] is None],
@@ -125,7 +125,7 @@ def render_markdown(
             f"{_fmt(r['co2e_kg'])} | {r['tokens']} | {_fmt(float(r['flops']))} | "
             f"{_fmt(r.get('mfu'))} |"
         )
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed stages (cost recorded up to the failure):", ""]
         lines += [f"- {r['stage']}: {r.get('error')}" for r in failed]

@@ -7,6 +7,7 @@ loop, saves its artifact atomically and returns the stage's metrics. Stages stay
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
+from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
 from millennial.hybrid import TRMConfig, freeze_base, inject, load_trm, save_trm
 from millennial.hybrid.injection import base_named_parameters, trm_named_parameters
 from millennial.params import ParamsError
@@ -75,19 +77,29 @@ def _run(
     paths: Paths,
     config: TrainConfig,
     accelerator: Accelerator,
+    what_trains: Trainable,
 ) -> tuple[TrainResult, dict[str, float]]:
+    """Train, with the held-out loss before and after, and the planner's FLOPs for what ran."""
     _check_optimizer_holds_exactly(model, groups)
     before = _held_out(model, paths, config, accelerator.device)
     data = PackedData.from_parquet(paths.train_data)
     result = train(model, groups, data, config, paths.run, accelerator, paths.live)
     after = _held_out(accelerator.unwrap_model(model), paths, config, accelerator.device)
-    held_out = {f"{k}_before": v for k, v in before.items()}
-    held_out |= {f"{k}_after": v for k, v in after.items()}
-    return result, held_out
+    per_token = training_flops_per_token(
+        model_shape(model.config), data.block_size, what_trains,
+        grad_checkpointing=config.gradient_checkpointing,
+    ).model
+    measured = {f"{k}_before": v for k, v in before.items()}
+    measured |= {f"{k}_after": v for k, v in after.items()}
+    # Only the tokens this run trained on (a resumed run's earlier part was metered then).
+    trained = result.tokens * (result.steps - result.resumed_from_step) // max(result.steps, 1)
+    measured |= {"tokens_this_run": trained, "flops_per_token": per_token,
+                 "flops": per_token * trained}
+    return result, measured
 
 
 def _metrics(
-    result: TrainResult, held_out: dict[str, float], trainable: int, total: int
+    result: TrainResult, measured: dict[str, float], trainable: int, total: int
 ) -> dict[str, Any]:
     return {
         "trainable_params": trainable,
@@ -97,7 +109,7 @@ def _metrics(
         "final_loss": result.losses[-1] if result.losses else None,
         "resumed_from_step": result.resumed_from_step,
         "train_seconds": round(result.seconds, 3),
-        **held_out,
+        **measured,
     }
 
 
@@ -115,7 +127,8 @@ def run_phase1(
     inject(model, trm)
     trainable = freeze_base(model)
     groups = [ParamGroup("trm", trm_named_parameters(model), config.lr)]
-    result, held_out = _run(model, groups, paths, config, accelerator)
+    result, held_out = _run(model, groups, paths, config, accelerator,
+                            Trainable.for_phase("phase1", trm))
     if accelerator.is_main_process:
         save_trm(accelerator.unwrap_model(model), paths.out, base_name=provenance["name"],
                  base_revision=provenance["revision"])
@@ -175,12 +188,25 @@ def run_phase2(
     for parameter in (*base.values(), *trm.values()):
         parameter.requires_grad_(True)
     groups = [ParamGroup("base", base, phase2.lr_base), ParamGroup("trm", trm, phase2.lr_trm)]
-    result, held_out = _run(model, groups, paths, config, accelerator)
+    result, held_out = _run(model, groups, paths, config, accelerator,
+                            _phase2_trainable(base, model.trm_config))
     if accelerator.is_main_process:
         save_hybrid(accelerator.unwrap_model(model), paths.base, paths.out)
     trainable = sum(p.numel() for g in groups for p in g.parameters.values())
     metrics = _metrics(result, held_out, trainable, _unique_count(model))
     return metrics | {"lr_groups": {g.name: g.lr for g in groups}}
+
+
+def _phase2_trainable(base: dict[str, torch.nn.Parameter], trm: TRMConfig) -> Trainable:
+    """The planner's view of phase 2: every layer from the lowest unfrozen one up.
+
+    Name fragments can unfreeze arbitrary modules; the planner counts whole layers, so this
+    is exact for "all" and for layer-prefix fragments, and an upper bound otherwise.
+    """
+    layers = [int(m.group(1)) for n in base if (m := re.search(r"\.(\d+)\.", n))]
+    embeddings = any("embed" in n or "wte" in n for n in base)
+    return Trainable(base_layers_from=min(layers, default=None), embeddings=embeddings,
+                     head=any("lm_head" in n for n in base), trm=trm)
 
 
 def save_hybrid(model: PreTrainedModel, base_dir: Path, out: Path) -> None:
@@ -256,7 +282,8 @@ def run_lora(
         warnings.warn(f"LoRA rank {rank} gives {count} trainable parameters vs TRM's {target}",
                       stacklevel=2)
     groups = [ParamGroup("lora", trainable, settings.lr)]
-    result, held_out = _run(model, groups, paths, config, accelerator)
+    result, held_out = _run(model, groups, paths, config, accelerator,
+                            Trainable.for_phase("lora", None, lora_rank=rank))
     if accelerator.is_main_process:
         with atomic_dir(paths.out) as tmp:
             accelerator.unwrap_model(model).save_pretrained(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from dvclive import Live
 from torch import nn
 from tqdm.auto import tqdm
@@ -74,6 +74,11 @@ def train(
     live_dir: Path | None = None,
 ) -> TrainResult:
     """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise NotImplementedError(
+            "FSDP training is not supported yet: checkpoints hold trainable parameters by name, "
+            "which FSDP flattens; use DDP (configs/accelerate/ddp_8xa100.yaml) for now"
+        )
     set_seed(config.seed)
     trainable = {name: p for group in groups for name, p in group.parameters.items()}
     if config.gradient_checkpointing:

@@ -1,0 +1,40 @@
+"""DVC stage `train_lora`: the baseline users would pick instead -> models/lora (PEFT adapter).
+
+LoRA on the same frozen base, rank matched to the TRM's trainable parameter count, same data and
+the same token budget as phase 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from millennial.params import section
+from millennial.train.arms import LoraSettings, Paths, run_lora
+from millennial.train.config import TrainConfig
+from stages._common import run_stage, trm_config
+
+STAGE = "train_lora"
+PATHS = Paths(
+    base=Path("models/base"),
+    train_data=Path("data/curated/packed/train.parquet"),
+    val_data=Path("data/curated/packed/val.parquet"),
+    out=Path("models/lora"),
+    run=Path("runs/train_lora"),
+    live=Path("dvclive/train_lora"),
+)
+
+
+def body(params: dict[str, Any]) -> dict[str, Any]:
+    settings = LoraSettings.from_params(section(params, "lora"))
+    config = TrainConfig.from_params(section(params, "train"))
+    return run_lora(PATHS, trm_config(params), settings, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_stage(STAGE, argv, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

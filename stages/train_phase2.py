@@ -1,0 +1,66 @@
+"""DVC stage `train_phase2`: the whole hybrid from phase 1 -> models/phase2 (or a skip marker).
+
+Disabled by default (`phase2.enabled: false`): the stage then finishes at once, writes
+`models/phase2/skipped.json`, copies no weights and records a zero-cost, `skipped` cost record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from millennial.atomic import atomic_dir, write_json
+from millennial.cost.meter import write_skipped
+from millennial.params import ParamsError, load_params, section
+from millennial.train.arms import Paths, Phase2Config, run_phase2
+from millennial.train.config import TrainConfig
+from stages._common import run_stage
+
+STAGE = "train_phase2"
+SKIPPED_MARKER = "skipped.json"
+PHASE1 = Path("models/phase1")
+PATHS = Paths(
+    base=Path("models/base"),
+    train_data=Path("data/curated/packed/train.parquet"),
+    val_data=Path("data/curated/packed/val.parquet"),
+    out=Path("models/phase2"),
+    run=Path("runs/train_phase2"),
+    live=Path("dvclive/train_phase2"),
+)
+
+
+def body(params: dict[str, Any]) -> dict[str, Any]:
+    phase2 = Phase2Config.from_params(section(params, "phase2"))
+    config = TrainConfig.from_params(section(params, "train"))
+    return run_phase2(PATHS, PHASE1, phase2, config)
+
+
+def skip(reason: str) -> None:
+    with atomic_dir(PATHS.out) as tmp:
+        (tmp / SKIPPED_MARKER).write_text(json.dumps({"skipped": True, "reason": reason}) + "\n")
+    write_skipped(STAGE, reason)
+    write_json(Path("metrics") / f"{STAGE}.json", {"skipped": True, "tokens": 0})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    known, _ = parser.parse_known_args(argv)
+    try:
+        params = load_params(known.params)
+        enabled = Phase2Config.from_params(section(params, "phase2")).enabled
+    except ParamsError as err:
+        print(f"{STAGE}: error: {err}", file=sys.stderr)
+        return 2
+    if not enabled:
+        skip("phase2.enabled is false")
+        return 0
+    return run_stage(STAGE, argv, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
