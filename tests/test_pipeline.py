@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from millennial.profiles import apply_profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git+DVC copy of the project's files with the base switched to tiny-random."""
+    """A git+DVC copy of the project's files with the tiny profile applied."""
     root = tmp_path_factory.mktemp("workspace")
     listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
     for name in listed.splitlines():
@@ -36,9 +37,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["base"]["source"] = "tiny-random"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    apply_profile(root / "profiles/tiny.yaml", root / "params.yaml")
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "workspace"], root)
@@ -49,10 +48,21 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def test_repro_builds_the_base_and_a_second_repro_does_nothing(workspace: Path) -> None:
+def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path) -> None:
     run(dvc("repro"), workspace)
     provenance = json.loads((workspace / "models/base/provenance.json").read_text())
     assert provenance["source"] == "tiny-random"
+    assert json.loads((workspace / "metrics/validation.json").read_text())["success"]
+    phase1 = json.loads((workspace / "metrics/train_phase1.json").read_text())
+    assert phase1["steps"] == 6 and phase1["trainable_params"] > 0
+    assert (workspace / "models/phase1/trm.safetensors").is_file()
+    assert (workspace / "models/phase2/skipped.json").is_file()
+    assert (workspace / "models/lora/adapter_config.json").is_file()
+    for stage in ("prepare_base", "curate", "validate", "train_phase1", "train_lora"):
+        cost = json.loads((workspace / f"metrics/cost/{stage}.json").read_text())
+        assert cost["status"] == "ok", stage
+    shown = run(dvc("metrics", "show", "--json"), workspace).stdout
+    assert "metrics/cost/prepare_base.json" in shown and "metrics/validation.json" in shown
     status = run(dvc("status", "--json"), workspace)
     assert json.loads(status.stdout) == {}
     again = run(dvc("repro"), workspace)

@@ -1,0 +1,131 @@
+"""Normalise, scrub and filter one record at a time (no state, so it streams).
+
+- normalise: Unicode NFC, CRLF -> LF, control and zero-width characters removed, runs of spaces
+  and tabs collapsed, at most one blank line in a row, ends stripped.
+- scrub: e-mail addresses, phone numbers and IPv4/IPv6 addresses become `<EMAIL>`, `<PHONE>`,
+  `<IP>`. The patterns are regexes, so this is best effort; `millennial.validate` checks the
+  output with the same patterns. The phone pattern asks for separators, a `+` country code or
+  an area code in parentheses, so digit runs such as sums or years are left alone.
+- filter, last, so its bounds hold for the text actually written: for text records, length
+  bounds in characters and a junk ratio = the fraction of non-whitespace characters that are
+  not letters or digits (markup, tables, symbol soup). Task records are generated or curated
+  upstream: they only need a non-empty prompt and answer and the upper length bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+
+from millennial.data import TASK_KIND, Record, task_record
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
+_HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
+_SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_WHITESPACE = re.compile(r"\s+")
+_ALNUM = re.compile(r"[^\W_]+")
+
+_HEX = "[0-9A-Fa-f]{1,4}"
+PII_PATTERNS: dict[str, re.Pattern[str]] = {
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    "ipv6": re.compile(
+        rf"(?<![\w:])(?:(?:{_HEX}:){{7}}{_HEX}"
+        rf"|(?:{_HEX}:){{1,7}}:"
+        rf"|(?:{_HEX}:){{1,6}}:{_HEX}"
+        + "".join(rf"|(?:{_HEX}:){{1,{k}}}(?::{_HEX}){{1,{7 - k}}}" for k in range(5, 0, -1))
+        + rf"|:(?::{_HEX}){{1,7}})(?![\w:])"
+    ),
+    "ipv4": re.compile(
+        r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+        r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)"
+    ),
+    "phone": re.compile(
+        r"(?<![\w+])(?:"
+        r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]\d{2,4}){2,3}"  # +61 2 9374 4000
+        r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # (02) 9374 4000
+        r"|\d{3}[.-]\d{3,4}[.-]\d{4}"  # 555-123-4567
+        r")(?!\w)"
+    ),
+}
+"""Checked in this order: an e-mail can hold digits, an IPv6 address can end in an IPv4 one."""
+
+PLACEHOLDERS: dict[str, str] = {
+    "email": "<EMAIL>", "ipv6": "<IP>", "ipv4": "<IP>", "phone": "<PHONE>",
+}
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Bounds from params `curate.filter`."""
+
+    min_chars: int
+    max_chars: int
+    max_junk_ratio: float
+
+
+def normalise(text: str) -> str:
+    """Canonical text: the same content always gives the same string (and content hash)."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _HORIZONTAL_SPACE.sub(" ", text)
+    text = _SPACE_AROUND_NEWLINE.sub("\n", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def junk_ratio(text: str) -> float:
+    """Fraction of non-whitespace characters that are neither letters nor digits."""
+    visible = _WHITESPACE.sub("", text)
+    if not visible:
+        return 1.0
+    return len(_ALNUM.sub("", visible)) / len(visible)
+
+
+def scrub(text: str) -> tuple[str, Counter[str]]:
+    """Replace personal data by placeholders; return the text and the count per kind."""
+    counts: Counter[str] = Counter()
+    for kind, pattern in PII_PATTERNS.items():
+        text, found = pattern.subn(PLACEHOLDERS[kind], text)
+        if found:
+            counts[kind] += found
+    return text, counts
+
+
+def drop_reason(record: Record, config: FilterConfig) -> str | None:
+    """Why a normalised record is dropped (a metrics key), or None to keep it."""
+    if record.kind == TASK_KIND:
+        if not record.prompt:
+            return "empty_prompt"
+        if not record.answer:
+            return "empty_answer"
+    elif len(record.text) < config.min_chars:
+        return "too_short"
+    elif junk_ratio(record.text) > config.max_junk_ratio:
+        return "junk"
+    if len(record.text) > config.max_chars:
+        return "too_long"
+    return None
+
+
+def clean(record: Record, config: FilterConfig) -> tuple[Record | None, str | None, Counter[str]]:
+    """Normalise, scrub, filter: (kept record or None, drop reason or None, PII counts).
+
+    Filtering comes last, so the length bounds hold for the text that is actually written
+    (placeholders change lengths); PII is only counted in kept records.
+    """
+    if record.kind == TASK_KIND:
+        prompt, in_prompt = scrub(normalise(record.prompt or ""))
+        answer, in_answer = scrub(normalise(record.answer or ""))
+        record = task_record(record.source, record.origin, prompt, answer, record.task,
+                             record.difficulty, record.ood)
+        counts = in_prompt + in_answer
+    else:
+        text, counts = scrub(normalise(record.text))
+        record = dataclasses.replace(record, text=text)
+    reason = drop_reason(record, config)
+    if reason is not None:
+        return None, reason, Counter()
+    return record, None, counts

@@ -1,0 +1,508 @@
+"""The `curate` stage: stream every source through clean -> dedup -> split -> tokenize/pack and
+write `data/curated/` in one atomic step, plus `metrics/data.json` and the data card.
+
+Memory stays bounded by one batch of records, one Parquet row group per output file, the
+unfinished block of each packer and the dedup state (digests and LSH band hashes, see
+`millennial.data.dedup`): a million documents are never held at once. On any error nothing is
+written and the previous `data/curated/` stays as it was.
+
+Outputs (all Parquet, snappy):
+- `documents/<split>.parquet` for train, val, test, test_ood: one row per kept record
+  (schema `DOCUMENT_SCHEMA`; `n_tokens` counts the record's tokens plus its EOS).
+- `packed/<split>.parquet` for train and val: `input_ids` and `loss_mask` of exactly
+  `block_size` tokens, and the `kind` of the records in the block (kinds are packed apart, so
+  training can choose the mixture).
+- `manifest.json`: block size, tokenizer identity, seed, counts per split, sources.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import PreTrainedTokenizerBase
+
+from millennial.atomic import atomic_dir, write_json, write_text
+from millennial.data import TASK_KIND, TEXT_KIND, DataError, Options, Record
+from millennial.data.clean import PII_PATTERNS, FilterConfig, clean
+from millennial.data.dedup import (
+    NEAR_DUPLICATE_ACTIONS,
+    ExactDuplicates,
+    MinHashConfig,
+    NearDuplicates,
+    content_hash,
+)
+from millennial.data.pack import BlockPacker, TokenizerInfo, encode_records, load_tokenizer
+from millennial.data.sources import (
+    ON_ERROR,
+    ErrorPolicy,
+    FileSource,
+    GeneratorSource,
+    HubSource,
+    PackageSource,
+    SourceSpec,
+    package_file,
+    parse_source,
+    read_source,
+)
+from millennial.data.split import (
+    OOD_SPLIT,
+    PACKED_SPLITS,
+    SPLITS,
+    SplitFractions,
+    hash_split,
+)
+from millennial.params import ParamsError, load_params, section
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 512  # records per tokenizer call and per documents row group
+BLOCKS_PER_GROUP = 256  # packed blocks per row group
+
+DOCUMENT_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("task", pa.string()),
+    pa.field("difficulty", pa.int32()),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("answer", pa.string()),
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("n_tokens", pa.int32(), nullable=False),
+])
+PACKED_SCHEMA = pa.schema([
+    pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """The validated `curate` params section."""
+
+    tokenizer_dir: Path
+    block_size: int
+    seed: int
+    on_error: str
+    filter: FilterConfig
+    minhash: MinHashConfig
+    split: SplitFractions
+    sources: tuple[SourceSpec, ...]
+
+
+def parse_config(raw: Any, where: str | Path = "params.yaml") -> CurateConfig:
+    """Validate the `curate` section; every error names the file and the full key."""
+    options = Options(raw, "curate", where)
+    options.only("tokenizer_dir", "block_size", "seed", "on_error", "filter", "minhash", "split",
+                 "sources")
+    filters = options.child("filter")
+    filters.only("min_chars", "max_chars", "max_junk_ratio")
+    filter_config = FilterConfig(
+        min_chars=filters.integer("min_chars", low=0),
+        max_chars=filters.integer("max_chars", low=1),
+        max_junk_ratio=filters.number("max_junk_ratio"),
+    )
+    if filter_config.max_chars < filter_config.min_chars:
+        raise filters.error("max_chars", f"must be >= min_chars ({filter_config.min_chars})")
+    minhash = options.child("minhash")
+    minhash.only("num_perm", "threshold", "shingle_size", "near_duplicates")
+    minhash_config = MinHashConfig(
+        num_perm=minhash.integer("num_perm", low=16),
+        threshold=minhash.number("threshold", low=0.01, high=0.99),
+        shingle_size=minhash.integer("shingle_size", low=1),
+        near_duplicates=minhash.choice("near_duplicates", NEAR_DUPLICATE_ACTIONS, "drop"),
+    )
+    fractions = options.child("split")
+    fractions.only("train", "val", "test")
+    split = SplitFractions(fractions.number("train"), fractions.number("val"),
+                           fractions.number("test"))
+    if abs(split.train + split.val + split.test - 1.0) > 1e-6:
+        raise ParamsError(f"{where}: 'curate.split' fractions must sum to 1, got "
+                          f"{split.train} + {split.val} + {split.test}")
+    raw_sources = options.get("sources")
+    if not isinstance(raw_sources, list) or not raw_sources:
+        raise options.error("sources", "must be a non-empty list of sources")
+    sources = tuple(parse_source(item, f"curate.sources[{index}]", where)
+                    for index, item in enumerate(raw_sources))
+    names = [spec.name for spec in sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise options.error("sources", f"has two sources named '{name}'")
+    return CurateConfig(
+        tokenizer_dir=Path(options.text("tokenizer_dir", "models/base")),
+        block_size=options.integer("block_size", low=8),
+        seed=options.integer("seed"),
+        on_error=options.choice("on_error", ON_ERROR, "fail"),
+        filter=filter_config,
+        minhash=minhash_config,
+        split=split,
+        sources=sources,
+    )
+
+
+class _ParquetSink:
+    """Rows buffered column-wise and written one row group at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema, group_rows: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.group_rows = group_rows
+        self._writer = pq.ParquetWriter(path, schema)
+        self._columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        for name, column in self._columns.items():
+            column.append(row[name])
+        if len(self._columns[self.schema.names[0]]) >= self.group_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._columns[self.schema.names[0]]:
+            self._writer.write_table(pa.Table.from_pydict(self._columns, schema=self.schema))
+            self._columns = {name: [] for name in self.schema.names}
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()  # a split with no rows still gets a valid, empty file
+
+
+@dataclass
+class Stats:
+    """Counts for metrics, manifest and data card; keys are (source, split|reason|kind)."""
+
+    read: Counter[str]
+    documents: Counter[tuple[str, str]]
+    tokens: Counter[tuple[str, str]]
+    drops: Counter[tuple[str, str]]
+    pii: Counter[tuple[str, str]]
+    blocks: Counter[tuple[str, str]]
+    difficulty: dict[tuple[str, str], tuple[int, int]]
+    skipped_examples: list[str]
+
+    @classmethod
+    def empty(cls) -> Stats:
+        return cls(Counter(), Counter(), Counter(), Counter(), Counter(), Counter(), {}, [])
+
+    def kept(self, source: str) -> int:
+        return sum(n for (name, _), n in self.documents.items() if name == source)
+
+    def note_difficulty(self, record: Record, split: str) -> None:
+        if record.difficulty is None:
+            return
+        key = (record.source, split)
+        low, high = self.difficulty.get(key, (record.difficulty, record.difficulty))
+        self.difficulty[key] = (min(low, record.difficulty), max(high, record.difficulty))
+
+
+class _Curation:
+    """One run's streaming state: dedup indexes, writers, packers, the pending batch."""
+
+    def __init__(self, config: CurateConfig, tokenizer: PreTrainedTokenizerBase,
+                 info: TokenizerInfo, out_dir: Path) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.info = info
+        self.stats = Stats.empty()
+        self.policy = ErrorPolicy(config.on_error)
+        self.exact = ExactDuplicates()
+        self.near = NearDuplicates(config.minhash, config.seed)
+        self.documents = {split: _ParquetSink(out_dir / "documents" / f"{split}.parquet",
+                                              DOCUMENT_SCHEMA, BATCH_RECORDS) for split in SPLITS}
+        self.packed = {split: _ParquetSink(out_dir / "packed" / f"{split}.parquet",
+                                           PACKED_SCHEMA, BLOCKS_PER_GROUP)
+                       for split in PACKED_SPLITS}
+        self.packers = {(split, kind): BlockPacker(config.block_size, info.pad_token_id)
+                        for split in PACKED_SPLITS for kind in (TEXT_KIND, TASK_KIND)}
+        self.batch: list[tuple[Record, str, str]] = []
+
+    def consume(self, spec: SourceSpec) -> None:
+        """Stream one source; fail if nothing of it survives filtering and dedup."""
+        for raw in read_source(spec, self.config.seed, self.policy):
+            self.stats.read[spec.name] += 1
+            record, reason, pii = clean(raw, self.config.filter)
+            if record is None:
+                self.stats.drops[(spec.name, reason or "")] += 1
+                continue
+            digest = content_hash(record.prompt or "" if record.kind == TASK_KIND else record.text)
+            if self.exact.seen_before(digest):
+                self.stats.drops[(spec.name, "exact_duplicate")] += 1
+                continue
+            split = self._split(record, digest)
+            if split is None:
+                self.stats.drops[(spec.name, "near_duplicate")] += 1
+                continue
+            self.stats.pii.update({(spec.name, kind): n for kind, n in pii.items()})
+            self.stats.documents[(spec.name, split)] += 1
+            self.stats.note_difficulty(record, split)
+            self.batch.append((record, digest, split))
+            if len(self.batch) >= BATCH_RECORDS:
+                self.flush()
+        for (source, reason), count in self.policy.skipped.items():
+            if source == spec.name:
+                self.stats.drops[(source, reason)] = count
+        if not self.stats.kept(spec.name):
+            reasons = ", ".join(f"{reason}={n}" for (name, reason), n in
+                                sorted(self.stats.drops.items()) if name == spec.name)
+            raise DataError(f"source '{spec.name}': nothing left after filtering and dedup "
+                            f"(read {self.stats.read[spec.name]}; dropped: {reasons or 'none'})")
+        log.info("curate: %s: read %d, kept %d", spec.name, self.stats.read[spec.name],
+                 self.stats.kept(spec.name))
+
+    def _split(self, record: Record, digest: str) -> str | None:
+        """The record's split, or None for a near-duplicate under `near_duplicates: drop`."""
+        if record.ood:
+            return OOD_SPLIT
+        if record.kind == TASK_KIND:  # generated prompts share most shingles by design
+            return hash_split(digest, self.config.split, self.config.seed)
+        sketch = self.near.sketch(record.text)
+        twin = self.near.split_of_twin(sketch)
+        if twin is not None and self.config.minhash.near_duplicates == "drop":
+            return None
+        split = twin or hash_split(digest, self.config.split, self.config.seed)
+        self.near.add(sketch, split)
+        return split
+
+    def flush(self) -> None:
+        """Tokenize the pending batch, write its document rows and feed the packers."""
+        if not self.batch:
+            return
+        records = [record for record, _, _ in self.batch]
+        encoded = encode_records(records, self.tokenizer, self.info.eos_token_id)
+        for (record, digest, split), tokens in zip(self.batch, encoded, strict=True):
+            self.documents[split].append({
+                "source": record.source, "kind": record.kind, "task": record.task,
+                "difficulty": record.difficulty, "text": record.text, "prompt": record.prompt,
+                "answer": record.answer, "content_hash": digest, "split": split,
+                "n_tokens": len(tokens.ids),
+            })
+            self.stats.tokens[(record.source, split)] += len(tokens.ids)
+            if split in self.packed:
+                for ids, mask in self.packers[(split, record.kind)].add(tokens):
+                    self._write_block(split, record.kind, ids, mask)
+        self.batch.clear()
+
+    def _write_block(self, split: str, kind: str, ids: list[int], mask: list[int]) -> None:
+        self.packed[split].append({"input_ids": ids, "loss_mask": mask, "kind": kind})
+        self.stats.blocks[(split, kind)] += 1
+
+    def finish(self) -> None:
+        """Write the last batch and every packer's padded last block."""
+        self.flush()
+        for (split, kind), packer in self.packers.items():
+            block = packer.finish()
+            if block is not None:
+                self._write_block(split, kind, *block)
+        self.stats.skipped_examples = list(self.policy.examples)
+
+    def close_files(self) -> None:
+        for sink in (*self.documents.values(), *self.packed.values()):
+            sink.close()
+
+
+def _by_split(counter: Counter[tuple[str, str]]) -> dict[str, int]:
+    return {split: sum(n for (_, s), n in counter.items() if s == split) for split in SPLITS}
+
+
+def _nested(counter: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (outer, inner), count in sorted(counter.items()):
+        out.setdefault(outer, {})[inner] = count
+    return out
+
+
+def source_provenance(spec: SourceSpec) -> dict[str, Any]:
+    """What a source is, for the manifest and data card (no timestamps: reruns are identical)."""
+    entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
+    if isinstance(spec, FileSource):
+        entry["paths"] = list(spec.paths)
+    elif isinstance(spec, HubSource):
+        entry.update(id=spec.id, revision=spec.revision, split=spec.split)
+    elif isinstance(spec, PackageSource):
+        entry.update(package=spec.package, version=package_file(spec)[1], path=spec.path)
+    elif isinstance(spec, GeneratorSource):
+        entry.update(task=spec.task, count=spec.count, difficulty=list(spec.difficulty),
+                     ood_count=spec.ood_count,
+                     ood_difficulty=list(spec.ood_difficulty) if spec.ood_difficulty else None)
+    return entry
+
+
+def build_metrics(stats: Stats) -> dict[str, Any]:
+    """`metrics/data.json`: numbers only, stable keys (every split, every PII kind)."""
+    documents, tokens = _by_split(stats.documents), _by_split(stats.tokens)
+    drops_by_reason: Counter[str] = Counter()
+    for (_, reason), count in stats.drops.items():
+        drops_by_reason[reason] += count
+    pii: Counter[str] = Counter({kind: 0 for kind in PII_PATTERNS})
+    for (_, kind), count in stats.pii.items():
+        pii[kind] += count
+    return {
+        "read": dict(sorted(stats.read.items())),
+        "documents": {**documents, "total": sum(documents.values()),
+                      "by_source": _nested(stats.documents)},
+        "tokens": {**tokens, "total": sum(tokens.values()), "by_source": _nested(stats.tokens)},
+        "blocks": {split: sum(n for (s, _), n in stats.blocks.items() if s == split)
+                   for split in PACKED_SPLITS},
+        "drops": {**dict(sorted(drops_by_reason.items())), "total": sum(drops_by_reason.values()),
+                  "by_source": _nested(stats.drops)},
+        "pii": {**dict(sorted(pii.items())), "total": sum(pii.values()),
+                "by_source": _nested(stats.pii)},
+    }
+
+
+def build_manifest(config: CurateConfig, info: TokenizerInfo, stats: Stats) -> dict[str, Any]:
+    documents, tokens = _by_split(stats.documents), _by_split(stats.tokens)
+    return {
+        "block_size": config.block_size,
+        "seed": config.seed,
+        "tokenizer": asdict(info),
+        "loss_mask": "1 = scored target token: all tokens of text documents, the answer and "
+                     "its EOS of task examples; 0 = task prompt or padding",
+        "splits": {split: {"documents": documents[split], "tokens": tokens[split],
+                           **({"blocks": {kind: stats.blocks[(split, kind)]
+                                          for kind in (TEXT_KIND, TASK_KIND)}}
+                              if split in PACKED_SPLITS else {})}
+                   for split in SPLITS},
+        "sources": [source_provenance(spec) for spec in config.sources],
+    }
+
+
+REASONS = {
+    "too_short": "text shorter than curate.filter.min_chars",
+    "too_long": "longer than curate.filter.max_chars",
+    "junk": "non-alphanumeric fraction above curate.filter.max_junk_ratio",
+    "empty_prompt": "task example with an empty prompt",
+    "empty_answer": "task example with an empty answer",
+    "exact_duplicate": "same normalised content (tasks: same prompt) as an earlier record",
+    "near_duplicate": "MinHash LSH near-duplicate of an earlier text (near_duplicates: drop)",
+    "malformed_json": "line is not a JSON object (on_error: skip)",
+    "invalid_utf8": "line or file is not valid UTF-8 (on_error: skip)",
+    "missing_field": "row lacks a configured field (on_error: skip)",
+    "bad_field": "field is not a string (on_error: skip)",
+}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}"]
+    lines += [f"| {' | '.join(str(cell) for cell in row)} |" for row in rows]
+    return lines
+
+
+def _provenance_text(entry: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in entry.items()
+                     if key not in ("name", "kind") and value is not None)
+
+
+def render_card(config: CurateConfig, manifest: Mapping[str, Any], metrics: Mapping[str, Any],
+                stats: Stats) -> str:
+    """`reports/data_card.md`: what is in the data, where it came from, what was removed."""
+    tokenizer = manifest["tokenizer"]
+    splits = manifest["splits"]
+    lines = [
+        "# Data card: curated data",
+        "",
+        "Written by the `curate` stage from params.yaml `curate`; the same figures are in "
+        "`metrics/data.json` and `data/curated/manifest.json`.",
+        "",
+        "## Summary",
+        "",
+        f"- {metrics['documents']['total']} documents and examples, "
+        f"{metrics['tokens']['total']} tokens (each record's tokens plus its EOS).",
+        f"- Packed into blocks of {config.block_size} tokens: train "
+        f"{metrics['blocks']['train']}, val {metrics['blocks']['val']}.",
+        f"- Tokenizer `{tokenizer['name_or_path']}`: {tokenizer['vocab_size']} tokens, "
+        f"tokenizer.json sha256 `{tokenizer['tokenizer_json_sha256'][:16]}...`.",
+        f"- Seed {config.seed}; split fractions train {config.split.train}, val "
+        f"{config.split.val}, test {config.split.test} (by content hash); harder generated "
+        f"examples in `{OOD_SPLIT}`.",
+        "",
+        "## Sources",
+        "",
+    ]
+    lines += _table(["source", "kind", "provenance", "read", "kept", "dropped"], [
+        [entry["name"], entry["kind"], _provenance_text(entry), stats.read[entry["name"]],
+         stats.kept(entry["name"]),
+         sum(n for (name, _), n in stats.drops.items() if name == entry["name"])]
+        for entry in manifest["sources"]
+    ])
+    lines += ["", "## Splits", ""]
+    lines += _table(["split", "documents", "tokens", "blocks (text / task)"], [
+        [split, info["documents"], info["tokens"],
+         " / ".join(str(n) for n in info["blocks"].values()) if "blocks" in info else "-"]
+        for split, info in splits.items()
+    ])
+    if stats.difficulty:
+        lines += ["", "## Reasoning tasks", "",
+                  "Difficulty: hops (pointer_chase), digits (addition), blank cells (sudoku4).",
+                  ""]
+        lines += _table(["source", "split", "examples", "difficulty"], [
+            [source, split, stats.documents[(source, split)], f"{low}-{high}"]
+            for (source, split), (low, high) in sorted(stats.difficulty.items())
+        ])
+    lines += ["", "## Removed records", ""]
+    if stats.drops:
+        lines += _table(["source", "reason", "records", "meaning"], [
+            [source, reason, count, REASONS.get(reason, "")]
+            for (source, reason), count in sorted(stats.drops.items())
+        ])
+    else:
+        lines.append("None.")
+    if stats.skipped_examples:
+        lines += ["", "First skipped input lines:", ""]
+        lines += [f"- {example}" for example in stats.skipped_examples]
+    pii = metrics["pii"]
+    lines += [
+        "", "## Personal data", "",
+        f"Replaced by placeholders: {pii['email']} e-mail addresses (`<EMAIL>`), "
+        f"{pii['phone']} phone numbers (`<PHONE>`), {pii['ipv4']} IPv4 and {pii['ipv6']} IPv6 "
+        "addresses (`<IP>`). The patterns are regular expressions: names, street addresses and "
+        "unusual number formats are not detected. The `validate` stage re-checks the output.",
+        "", "## Limitations", "",
+        "- Near-duplicates are found by MinHash LSH (threshold "
+        f"{config.minhash.threshold}, {config.minhash.num_perm} permutations, "
+        f"{config.minhash.shingle_size}-word shingles): approximate, and text only; task "
+        "examples are deduplicated by exact prompt.",
+        "- The junk filter (non-alphanumeric fraction) assumes prose; code or tables are dropped.",
+        "- Generated tasks are synthetic: they measure multi-step reasoning depth, not language.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def curate(config: CurateConfig, out_dir: str | Path, metrics_path: str | Path,
+           card_path: str | Path) -> CurationResult:
+    """Run the whole curation; on any error the previous `out_dir` is left untouched."""
+    tokenizer, info = load_tokenizer(config.tokenizer_dir)
+    with atomic_dir(out_dir) as tmp:
+        run = _Curation(config, tokenizer, info, tmp)
+        try:
+            for spec in config.sources:
+                run.consume(spec)
+            run.finish()
+        finally:  # on error too: no writer left open on the doomed temporary directory
+            run.close_files()
+        manifest = build_manifest(config, info, run.stats)
+        write_json(tmp / "manifest.json", manifest)
+    metrics = build_metrics(run.stats)
+    write_json(metrics_path, metrics)
+    write_text(card_path, render_card(config, manifest, metrics, run.stats))
+    return CurationResult(manifest, metrics)
+
+
+def curate_from_params(params_path: str | Path, out_dir: str | Path, metrics_path: str | Path,
+                       card_path: str | Path) -> CurationResult:
+    config = parse_config(section(load_params(params_path), "curate", params_path), params_path)
+    return curate(config, out_dir, metrics_path, card_path)

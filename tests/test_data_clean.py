@@ -1,0 +1,77 @@
+"""Normalisation, filters and personal-data scrubbing, one record at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from millennial.data import Record, task_record
+from millennial.data.clean import FilterConfig, clean, drop_reason, junk_ratio, normalise, scrub
+
+FILTER = FilterConfig(min_chars=20, max_chars=200, max_junk_ratio=0.3)
+
+
+def text(body: str) -> Record:
+    return Record("src", "f:1", "text", body)
+
+
+def test_normalise_nfc_controls_and_whitespace() -> None:
+    raw = "\ufeff  Cafe\u0301\t\tau\u00a0lait\x07 \r\n\r\n\r\n\r\nnext\u200b line  "
+    assert normalise(raw) == "Caf\u00e9 au lait\n\nnext line"
+    assert normalise(normalise(raw)) == normalise(raw)
+
+
+def test_junk_ratio_ignores_whitespace() -> None:
+    assert junk_ratio("ab cd") == 0.0
+    assert junk_ratio("a, b.") == pytest.approx(2 / 4)
+    assert junk_ratio("   ") == 1.0
+
+
+@pytest.mark.parametrize(("raw", "scrubbed", "kind"), [
+    ("mail jane.doe+x@mail.example.co.uk now", "mail <EMAIL> now", "email"),
+    ("call +61 2 9374 4000.", "call <PHONE>.", "phone"),
+    ("call (02) 9374 4000", "call <PHONE>", "phone"),
+    ("call 555-123-4567", "call <PHONE>", "phone"),
+    ("host 10.0.0.1.", "host <IP>.", "ipv4"),
+    ("host 2001:db8::8a2e:370:7334 up", "host <IP> up", "ipv6"),
+    ("host fe80::1", "host <IP>", "ipv6"),
+])
+def test_scrub_replaces_and_counts(raw: str, scrubbed: str, kind: str) -> None:
+    out, counts = scrub(raw)
+    assert out == scrubbed and counts == {kind: 1}
+
+
+@pytest.mark.parametrize("keep", [
+    "4721 + 8856 = 13577", "1234 3412 2143 4321", "in 2004 2005 2006", "at 4:00pm",
+    "1234567890", "scores 3.5-4.0", "std::vector", "12:30:45", "version 1.2.3",
+    "sudoku 3..4 .41. ..42 .... ->", "b=a; a=7. b?",
+])
+def test_scrub_leaves_numbers_and_tasks_alone(keep: str) -> None:
+    assert scrub(keep) == (keep, {})
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    (text("short"), "too_short"),
+    (text("word " * 50), "too_long"),
+    (text("|--|--|--|--| ab |--|--|--|"), "junk"),
+    (text("a fine sentence of words"), None),
+    (task_record("t", "g", "", "3", "x"), "empty_prompt"),
+    (task_record("t", "g", "2+1=", "", "x"), "empty_answer"),
+    (task_record("t", "g", "2+1=", "3", "x"), None),  # tasks skip length floor and junk
+    (task_record("t", "g", "=" * 300, "3", "x"), "too_long"),
+])
+def test_drop_reason(record: Record, reason: str | None) -> None:
+    assert drop_reason(record, FILTER) == reason
+
+
+def test_clean_task_normalises_parts_and_rebuilds_text() -> None:
+    record, reason, counts = clean(task_record("t", "g", " mail a@b.io \t=", " 7 ", "x", 2),
+                                   FILTER)
+    assert reason is None and counts == {"email": 1}
+    assert record is not None
+    assert (record.prompt, record.answer, record.text) == ("mail <EMAIL> =", "7",
+                                                           "mail <EMAIL> = 7")
+    assert record.difficulty == 2
+
+
+def test_clean_drops_with_reason_and_no_counts() -> None:
+    assert clean(text("tiny"), FILTER) == (None, "too_short", {})
