@@ -14,6 +14,7 @@ from millennial.atomic import write_json
 from millennial.cost.meter import Meter
 from millennial.hybrid import TRMConfig
 from millennial.params import ParamsError, load_params, section
+from millennial.train.arms import Paths
 
 UserError = (ParamsError, FileNotFoundError)  # the user's to fix: a message, not a traceback
 
@@ -51,3 +52,11 @@ def trm_config(params: dict[str, Any]) -> TRMConfig:
         return TRMConfig.from_dict(section(params, "trm"))
     except ValueError as err:
         raise ParamsError(f"params.yaml: trm: {err}") from err
+
+
+def training_paths(stage: str, out: str) -> Paths:
+    """Where every training stage reads (base, curated blocks) and writes (model, run, dvclive)."""
+    packed = Path("data/curated/packed")
+    return Paths(base=Path("models/base"), train_data=packed / "train.parquet",
+                 val_data=packed / "val.parquet", out=Path(out), run=Path("runs") / stage,
+                 live=Path("dvclive") / stage)

@@ -7,23 +7,15 @@ the same token budget as phase 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from millennial.params import section
-from millennial.train.arms import LoraSettings, Paths, run_lora
+from millennial.train.arms import LoraSettings, run_lora
 from millennial.train.config import TrainConfig
-from stages._common import run_stage, trm_config
+from stages._common import run_stage, training_paths, trm_config
 
 STAGE = "train_lora"
-PATHS = Paths(
-    base=Path("models/base"),
-    train_data=Path("data/curated/packed/train.parquet"),
-    val_data=Path("data/curated/packed/val.parquet"),
-    out=Path("models/lora"),
-    run=Path("runs/train_lora"),
-    live=Path("dvclive/train_lora"),
-)
+PATHS = training_paths(STAGE, "models/lora")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from millennial.params import section
-from millennial.train.arms import Paths, run_phase1
+from millennial.train.arms import run_phase1
 from millennial.train.config import TrainConfig
-from stages._common import run_stage, trm_config
+from stages._common import run_stage, training_paths, trm_config
 
 STAGE = "train_phase1"
-PATHS = Paths(
-    base=Path("models/base"),
-    train_data=Path("data/curated/packed/train.parquet"),
-    val_data=Path("data/curated/packed/val.parquet"),
-    out=Path("models/phase1"),
-    run=Path("runs/train_phase1"),
-    live=Path("dvclive/train_phase1"),
-)
+PATHS = training_paths(STAGE, "models/phase1")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:

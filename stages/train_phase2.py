@@ -16,21 +16,14 @@ from typing import Any
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
 from millennial.params import ParamsError, load_params, section
-from millennial.train.arms import Paths, Phase2Config, run_phase2
+from millennial.train.arms import Phase2Config, run_phase2
 from millennial.train.config import TrainConfig
-from stages._common import run_stage
+from stages._common import run_stage, training_paths
 
 STAGE = "train_phase2"
 SKIPPED_MARKER = "skipped.json"
 PHASE1 = Path("models/phase1")
-PATHS = Paths(
-    base=Path("models/base"),
-    train_data=Path("data/curated/packed/train.parquet"),
-    val_data=Path("data/curated/packed/val.parquet"),
-    out=Path("models/phase2"),
-    run=Path("runs/train_phase2"),
-    live=Path("dvclive/train_phase2"),
-)
+PATHS = training_paths(STAGE, "models/phase2")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:

@@ -67,3 +67,16 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
     assert json.loads(status.stdout) == {}
     again = run(dvc("repro"), workspace)
     assert "didn't change" in again.stdout and "Running stage" not in again.stdout
+
+
+def test_exp_run_with_phase2_enabled_trains_the_whole_hybrid(workspace: Path) -> None:
+    run(dvc("repro"), workspace)
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "after repro"], workspace)
+    run(dvc("exp", "run", "-S", "phase2.enabled=true"), workspace)
+    phase2 = json.loads((workspace / "metrics/train_phase2.json").read_text())
+    assert phase2["steps"] == 2 and phase2["lr_groups"]["base"] > 0
+    assert not (workspace / "models/phase2/skipped.json").exists()
+    assert (workspace / "models/phase2/trm/trm.safetensors").is_file()
+    cost = json.loads((workspace / "metrics/cost/train_phase2.json").read_text())
+    assert cost["status"] == "ok" and cost["flops"] > 0

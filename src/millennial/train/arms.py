@@ -241,7 +241,7 @@ class LoraSettings:
         return cls(targets, float(raw["alpha_per_rank"]), float(raw["dropout"]), float(raw["lr"]))
 
 
-def _lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torch.nn.Module:
+def lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torch.nn.Module:
     targets = settings.target_modules
     config = LoraConfig(
         r=rank,
@@ -255,7 +255,7 @@ def _lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> tor
 
 def matched_lora_rank(base: PreTrainedModel, settings: LoraSettings, target: int) -> int:
     """The LoRA rank whose trainable count is closest to `target` (counts are linear in rank)."""
-    probe = _lora_model(base, settings, rank=1)
+    probe = lora_model(base, settings, rank=1)
     per_rank, _ = probe.get_nb_trainable_parameters()
     probe.unload()  # removes the LoRA layers again, leaving `base` as it was
     return max(1, round(target / per_rank))
@@ -275,7 +275,7 @@ def run_lora(
     base, _ = load_base(paths.base)
     target = trm_parameter_count(base.config, trm)
     rank = matched_lora_rank(base, settings, target)
-    model = _lora_model(base, settings, rank)
+    model = lora_model(base, settings, rank)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     count = sum(p.numel() for p in trainable.values())
     if abs(count - target) > 0.1 * target:

@@ -1,0 +1,62 @@
+"""DVC stage `evaluate`: base vs TRM vs LoRA on held-out tasks -> metrics/eval.json, reports.
+
+Exit 0: evaluated (the verdict is printed; a TRM loss is a result, not a failure). Exit 2: params
+or an input missing or unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from millennial.cost.meter import Meter
+from millennial.data import DataError
+from millennial.evaluate import EvalConfig, EvalPaths, run_evaluation
+from millennial.evaluate.arms import ArmPaths
+from millennial.evaluate.report import EvalOutputs, read_provenance, verdict, write_eval_outputs
+from millennial.params import ParamsError, load_params, section
+
+STAGE = "evaluate"
+PATHS = EvalPaths(
+    arms=ArmPaths(base=Path("models/base"), phase1=Path("models/phase1"),
+                  phase2=Path("models/phase2"), lora=Path("models/lora")),
+    documents=Path("data/curated/documents"),
+    metrics=Path("metrics"),
+)
+OUTPUTS = EvalOutputs(
+    metrics=Path("metrics/eval.json"),
+    sweep=Path("metrics/eval_sweep.json"),
+    markdown=Path("reports/eval.md"),
+    figures=Path("reports/figures"),
+    model_card=Path("reports/model_card.md"),
+)
+VALIDATION = Path("metrics/validation.json")
+RECEIPT = Path("data/validated/receipt.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
+        provenance = read_provenance(PATHS.arms.base, VALIDATION, RECEIPT, params,
+                                     PATHS.documents)
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir) as meter:
+            evaluation = run_evaluation(
+                PATHS, config, add_work=lambda tokens, flops: meter.add(tokens=tokens, flops=flops)
+            )
+            write_eval_outputs(evaluation.result, evaluation.sweep, provenance, OUTPUTS)
+    except (ParamsError, DataError, FileNotFoundError) as err:  # a user's fix: no traceback
+        print(f"{STAGE}: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(verdict(evaluation.result)), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
