@@ -23,7 +23,7 @@ export GIT_COMMITTER_NAME ?= MillennialAi pipeline
 export GIT_COMMITTER_EMAIL ?= pipeline@millennial.invalid
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean ui flow serve screenshot
 
 install: $(STAMP)
 
@@ -47,6 +47,24 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Prefect: the UI offline at $(PREFECT_URL); flows run against it when it is up. PREFECT_API_URL is
+# set per target, never globally, so `make test` keeps its own throwaway test server.
+PREFECT_PORT ?= 4200
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+
+ui: $(STAMP)
+	@echo "Prefect UI: $(PREFECT_URL)"
+	PREFECT_UI_API_URL=$(PREFECT_URL)/api $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+flow: $(STAMP)  # one pipeline run through Prefect; FLOW_ARGS="--set trm.cycles=4 --phase2"
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/python flows/pipeline.py $(FLOW_ARGS)
+
+serve: $(STAMP)  # local scheduled deployment (nightly, 02:00 UTC)
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/python -m flows.deploy
+
+screenshot: $(STAMP)  # headless Chromium picture of the latest flow run -> reports/
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/python scripts/screenshot_flow_run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

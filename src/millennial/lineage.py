@@ -97,20 +97,29 @@ def _validation(root: Path, stage: str, stages: dict[str, dict[str, Any]]) -> di
             "matches_lock": _md5(path) == locked}
 
 
-def _cost(root: Path, stage: str) -> dict[str, Any] | None:
-    path = root / COST_DIR / f"{stage}.json"
+def _cost(root: Path, stage: str, outs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The meter's record; `matches_lock` is None when the stage does not declare the file.
+
+    A failed rerun rewrites the record but not dvc.lock: a mismatch says the figures are not
+    those of the run that made the locked outputs.
+    """
+    source = f"{COST_DIR}/{stage}.json"
+    path = root / source
     if not path.is_file():
         return None
     record = _read_json(path)
-    return {"source": path.relative_to(root).as_posix(),
-            **{key: record.get(key) for key in COST_KEYS}}
+    locked = [out.get("md5") for out in outs if out["path"] == source]
+    return {"source": source, **{key: record.get(key) for key in COST_KEYS},
+            "matches_lock": _md5(path) == locked[0] if locked else None}
 
 
 def _git(root: Path) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
+            # GIT_OPTIONAL_LOCKS=0: `git status` must not take index.lock (a reader only).
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=30, check=False)
+                                  timeout=30, check=False,
+                                  env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
         except OSError:  # git not installed
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -181,7 +190,7 @@ def lineage(artifact: str, repo_root: Path = Path(".")) -> dict[str, Any]:
             "params": entry.get("params", {}),
             "outs": [{"path": out["path"], "md5": out.get("md5")} for out in entry.get("outs", [])],
             "validation": _validation(root, gate, stages) if gate else None,
-            "cost": _cost(root, name),
+            "cost": _cost(root, name, entry.get("outs", [])),
         })
     out_md5 = next(out.get("md5") for out in stages[producer]["outs"] if out["path"] == out_path)
     return {
@@ -208,12 +217,12 @@ def _money(value: Any) -> str:
 def _cost_line(cost: dict[str, Any] | None) -> str:
     if cost is None:
         return f"no record in `{COST_DIR}/`"
-    wall = cost["wall_seconds"]
-    energy = cost["energy_kwh"]
-    return (f"{_money(cost['usd'])}, "
-            f"{f'{wall:.1f} s' if isinstance(wall, (int, float)) else '? s'} wall, "
-            f"{f'{energy:.6f} kWh' if isinstance(energy, (int, float)) else '? kWh'} "
-            f"({cost['energy_method']}), status {cost['status']} (`{cost['source']}`)")
+    wall, energy = cost["wall_seconds"], cost["energy_kwh"]
+    wall_text = f"{wall:.1f} s" if isinstance(wall, (int, float)) else "? s"
+    energy_text = f"{energy:.6f} kWh" if isinstance(energy, (int, float)) else "? kWh"
+    stale = ", differs from dvc.lock: a later run" if cost["matches_lock"] is False else ""
+    return (f"{_money(cost['usd'])}, {wall_text} wall, {energy_text} ({cost['energy_method']}), "
+            f"status {cost['status']} (`{cost['source']}`{stale})")
 
 
 def _validation_line(verdict: dict[str, Any] | None) -> str:
@@ -249,7 +258,8 @@ def render_markdown(info: dict[str, Any]) -> str:
         lines += [f"| `{s['path']}` | {s['kind']} | `{s['md5']}` | {', '.join(s['used_by'])} |"
                   for s in info["raw_sources"]]
     else:
-        lines.append("None: every input is code or another stage's output.")
+        lines.append("No file inputs from outside the pipeline: its sources are named by params "
+                     "(packages, generators), listed per stage below.")
     for number, stage in enumerate(info["stages"], start=1):
         cmd = stage["cmd"] if isinstance(stage["cmd"], str) else " && ".join(stage["cmd"] or [])
         params = [(f"{name}:{key}" if name != "params.yaml" else key, value)
@@ -260,9 +270,10 @@ def render_markdown(info: dict[str, Any]) -> str:
             "",
             f"- command: `{cmd}`",
             f"- upstream: {', '.join(f'`{u}`' for u in stage['upstream']) or 'none'}",
-            f"- params: {', '.join(f'`{k}`={json.dumps(v)}' for k, v in params) or 'none'}",
             f"- validation: {_validation_line(stage['validation'])}",
             f"- cost: {_cost_line(stage['cost'])}",
+            f"- params:{'' if params else ' none'}",
+            *(f"  - `{key}` = `{json.dumps(value)}`" for key, value in params),
             "",
             "| dep | kind | md5 | from |",
             "|---|---|---|---|",
