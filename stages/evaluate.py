@@ -7,6 +7,7 @@ or an input missing or unusable.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         params = load_params(args.params)
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))

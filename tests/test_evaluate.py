@@ -1,0 +1,261 @@
+"""The evaluate and report stages end to end on a tiny random base with a trained TRM adapter."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from millennial.base import prepare_base
+from millennial.cost.meter import Meter
+from millennial.data import TEXT_KIND, task_record
+from millennial.data.curate import DOCUMENT_SCHEMA
+from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
+from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, iter_arms
+from millennial.evaluate.metrics import encode_prompts, greedy_generate, pad_batch
+from millennial.hybrid import TRMConfig
+from millennial.train.arms import LoraSettings, Paths, load_base, run_lora, run_phase1
+from millennial.train.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_SPEC = {"source": "tiny-random", "tiny_random": {
+    "architecture": "llama", "seed": 0, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+    "num_kv_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128}}
+TRM = TRMConfig(injection_layers=[-1], hidden_size=32, num_heads=2, num_layers=1,
+                latent_steps=2, cycles=2, ffn_size=64)
+# Ten steps learn the trivial task below on this base (deterministic: seeded init and order).
+TRAIN = TrainConfig(seed=0, max_steps=10, batch_size=4, lr=1e-2, warmup_steps=2,
+                    checkpoint_every=100, keep_checkpoints=1, eval_batches=1)
+EVALUATE = {
+    "seed": 0, "splits": ["test", "test_ood"], "max_examples": 8, "max_new_tokens": 6,
+    "batch_size": 8,
+    "perplexity": {"text_docs": 4, "max_length": 64, "batch_size": 4},
+    "speed": {"prompt_tokens": 16, "new_tokens": 8, "repeats": 2},
+    "sweep": {"cycles": [1, 8], "latent_steps": [1], "max_examples": 4, "splits": ["test_ood"]},
+    "report": {"fleet": "8xA100-80GB", "mfu": 0.4},
+}
+ANSWER = "ok"  # the trivially learnable task: whatever the prompt, answer "ok"
+TEXTS = ["the cat sat on the mat", "a quick brown fox jumps", "rain falls on the plain",
+         "we read books at night", "an apple a day"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _task_rows(split: str, letters: str) -> list[dict]:
+    return [
+        {"source": "trivial", "kind": "task", "task": "constant", "difficulty": 1,
+         "text": f"{x}{i}= {ANSWER}", "prompt": f"{x}{i}=", "answer": ANSWER,
+         "content_hash": f"{split}-{x}{i}", "split": split, "n_tokens": 6}
+        for x in letters for i in range(2)
+    ]
+
+
+def _write_documents(root: Path) -> None:
+    documents = root / "data/curated/documents"
+    documents.mkdir(parents=True)
+    text = [{"source": "prose", "kind": TEXT_KIND, "task": None, "difficulty": None, "text": t,
+             "prompt": None, "answer": None, "content_hash": f"text-{i}", "split": "test",
+             "n_tokens": len(t) + 1} for i, t in enumerate(TEXTS)]
+    splits = {"train": _task_rows("train", "abcdefgh"), "val": _task_rows("val", "ab"),
+              "test": _task_rows("test", "abcd") + text, "test_ood": _task_rows("test_ood", "xyz")}
+    for split, rows in splits.items():
+        pq.write_table(pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA),
+                       documents / f"{split}.parquet")
+
+
+def _write_packed(root: Path) -> None:
+    """Training blocks made by the curate stage's own encoder and packer."""
+    tokenizer, info = load_tokenizer(root / "models/base")
+    records = [task_record("trivial", str(i), f"{x}{i}=", ANSWER, "constant")
+               for i in range(8) for x in "abcdefgh"]
+    packer = BlockPacker(32, info.pad_token_id)
+    blocks = [b for e in encode_records(records, tokenizer, info.eos_token_id)
+              for b in packer.add(e)]
+    packed = root / "data/curated/packed"
+    packed.mkdir(parents=True)
+    table = pa.table({"input_ids": [b[0] for b in blocks], "loss_mask": [b[1] for b in blocks],
+                      "kind": ["task"] * len(blocks)})
+    for split in ("train", "val"):
+        pq.write_table(table, packed / f"{split}.parquet")
+
+
+def _train(root: Path, stage: str, arm: str) -> None:
+    paths = Paths(base=root / "models/base", train_data=root / "data/curated/packed/train.parquet",
+                  val_data=root / "data/curated/packed/val.parquet", out=root / "models" / arm,
+                  run=root / "runs" / arm)
+    with Meter(stage, params_path=root / "params.yaml", out_dir=root / "metrics/cost",
+               device="cpu", energy_methods=("tdp",)):
+        if arm == "phase1":
+            metrics = run_phase1(paths, TRM, TRAIN)
+        else:
+            lora = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0,
+                                lr=3e-3)
+            metrics = run_lora(paths, TRM, lora, replace(TRAIN, max_steps=2))
+    (root / "metrics" / f"{stage}.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("evaluate")
+    prepare_base(BASE_SPEC, root / "models/base")
+    params = {"trm": TRM.to_dict(), "train": TRAIN.__dict__, "evaluate": EVALUATE}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_documents(root)
+    _write_packed(root)
+    (root / "metrics").mkdir()
+    _train(root, "train_phase1", "phase1")
+    _train(root, "train_lora", "lora")
+    (root / "models/phase2").mkdir()
+    (root / "models/phase2/skipped.json").write_text('{"skipped": true}\n')
+    (root / "data/validated").mkdir(parents=True)
+    (root / "data/validated/receipt.json").write_text(
+        json.dumps({"success": True, "data_sha256": "d" * 64, "checks": 3}))
+    (root / "metrics/validation.json").write_text(json.dumps(
+        {"success": True, "data_sha256": "d" * 64, "checks_total": 3, "checks_failed": 0}))
+    return root
+
+
+def _stage_main(name: str, patch: pytest.MonkeyPatch) -> Callable[[list[str]], int]:
+    patch.syspath_prepend(str(REPO))  # `stages` is run from the repo root, not installed
+    return importlib.import_module(f"stages.{name}").main
+
+
+@pytest.fixture(scope="module")
+def evaluated(workspace: Path) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace)
+        assert _stage_main("evaluate", patch)([]) == 0
+    yield workspace
+
+
+def _arm_paths(root: Path) -> ArmPaths:
+    models = root / "models"
+    return ArmPaths(models / "base", models / "phase1", models / "phase2", models / "lora")
+
+
+def _prompts(root: Path) -> list[list[int]]:
+    tokenizer, info = load_tokenizer(root / "models/base")
+    return encode_prompts(["a0=", "xyz1=", "c1=", "b0="], tokenizer, info.eos_token_id)
+
+
+def test_the_base_arm_computes_exactly_the_base(workspace: Path) -> None:
+    ids, mask = pad_batch(_prompts(workspace), 0, "left")
+    arms = iter_arms(_arm_paths(workspace), ids, mask)
+    base_arm, phase1_arm = next(arms), next(arms)
+    plain, _ = load_base(workspace / "models/base")
+    with torch.no_grad():
+        expected = plain(input_ids=ids, attention_mask=mask).logits
+        with base_arm.active():
+            assert torch.equal(base_arm.model(input_ids=ids, attention_mask=mask).logits,
+                               expected)
+        with phase1_arm.active():
+            trained = phase1_arm.model(input_ids=ids, attention_mask=mask).logits
+        plain.get_input_embeddings().weight[5] += 1e-3  # a base that is not this adapter's
+    assert not torch.equal(trained, expected)
+    with pytest.raises(BaseArmMismatch, match="would not be the base"):
+        check_base_arm(phase1_arm.model, plain, ids, mask)
+
+
+def test_batched_left_padded_decoding_matches_one_at_a_time(workspace: Path) -> None:
+    prompts = _prompts(workspace)
+    arms = iter_arms(_arm_paths(workspace), *pad_batch(prompts, 0, "left"))
+    next(arms)
+    phase1 = next(arms)
+    _, info = load_tokenizer(workspace / "models/base")
+    options = dict(max_new_tokens=5, eos_id=info.eos_token_id, pad_id=info.pad_token_id)
+    batched = greedy_generate(phase1.model, prompts, batch_size=4, **options)
+    single = greedy_generate(phase1.model, prompts, batch_size=1, **options)
+    assert batched.continuations == single.continuations
+
+
+def test_a_trained_trm_beats_the_base_and_every_output_is_written(evaluated: Path) -> None:
+    result = json.loads((evaluated / "metrics/eval.json").read_text())
+    arms = result["arms"]
+    assert set(arms) == {"base", "phase1", "lora"}  # phase 2 was skipped
+    phase1, base = arms["phase1"]["overall"]["all"], arms["base"]["overall"]["all"]
+    assert phase1["accuracy"] > base["accuracy"]
+    assert arms["phase1"]["tasks"]["constant"]["test"]["n"] == 8
+    assert arms["phase1"]["tasks"]["constant"]["test_ood"]["n"] == 6
+    assert arms["base"]["ppl_text_vs_base"] == 1.0
+    assert arms["phase1"]["training"]["trainable_params"] > 0
+    assert arms["phase1"]["accuracy_gain_per_usd"] is not None
+    for name in ("reports/figures/eval_accuracy.png", "reports/figures/eval_sweep.png"):
+        assert (evaluated / name).read_bytes().startswith(b"\x89PNG")
+    eval_md = (evaluated / "reports/eval.md").read_text()
+    assert eval_md.startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
+    card = (evaluated / "reports/model_card.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0" and front["datasets"] == ["trivial"]
+    provenance = json.loads((evaluated / "models/base/provenance.json").read_text())
+    assert provenance["state_sha256"] in card and "validated, 3/3 checks passed" in card
+    cost = json.loads((evaluated / "metrics/cost/evaluate.json").read_text())
+    assert cost["status"] == "ok" and cost["tokens"] > 0 and cost["flops"] > 0
+
+
+def test_the_sweep_runs_the_depths_it_claims(evaluated: Path) -> None:
+    rows = json.loads((evaluated / "metrics/eval_sweep.json").read_text())
+    assert [(r["arm"], r["cycles"], r["latent_steps"]) for r in rows] == [
+        ("phase1", 1, 2), ("phase1", 2, 1), ("phase1", 2, 2), ("phase1", 8, 2)]
+    assert [r["trained_depth"] for r in rows] == [False, False, True, False]
+    assert all(r["n"] == 4 for r in rows)
+    by_calls = {r["f_calls_per_token"]: r["latency_ms"] for r in rows}
+    assert by_calls[24] > by_calls[3]  # eight times the recursion is measurably slower
+
+
+LOCK = """\
+schema: '2.0'
+stages:
+  train_phase1:
+    cmd: python -m stages.train_phase1
+    deps:
+    - path: models/base
+      md5: 0123456789abcdef0123456789abcdef.dir
+    params:
+      params.yaml:
+        train.lr: 0.01
+    outs:
+    - path: models/phase1
+      md5: fedcba9876543210fedcba9876543210.dir
+"""
+
+
+def test_the_report_stage_summarises_cost_evaluation_and_lineage(evaluated: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(evaluated)
+        (evaluated / "dvc.lock").write_text(LOCK)
+        try:
+            assert _stage_main("report", patch)([]) == 0
+        finally:
+            (evaluated / "dvc.lock").unlink()
+    summary = (evaluated / "reports/summary.md").read_text()
+    assert summary.startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
+    assert "## Lineage of `models/phase1`" in summary and "### 1. `train_phase1`" in summary
+    assert "d" * 64 in summary  # the validated data's hash
+    assert "| train_phase1 | ok |" in summary and "| evaluate | ok |" in summary
+    assert (evaluated / "reports/cost.md").is_file()
+    assert set(json.loads((evaluated / "metrics/cost.json").read_text())["stages"]) == {
+        "evaluate", "train_lora", "train_phase1"}
+
+
+def test_the_report_stage_needs_the_lineage_in_dvc_lock(
+    evaluated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(evaluated)
+        assert _stage_main("report", patch)([]) == 2
+    assert "dvc.lock: not found" in capsys.readouterr().err
