@@ -16,7 +16,14 @@ from millennial.cost.meter import Meter
 from millennial.data import DataError
 from millennial.evaluate import EvalConfig, EvalPaths, run_evaluation
 from millennial.evaluate.arms import ArmPaths
-from millennial.evaluate.report import EvalOutputs, read_provenance, verdict, write_eval_outputs
+from millennial.evaluate.report import (
+    EvalOutputs,
+    demote_headings,
+    read_provenance,
+    verdict,
+    write_eval_outputs,
+)
+from millennial.lineage import LineageError, lineage, render_markdown
 from millennial.params import ParamsError, load_params, section
 
 STAGE = "evaluate"
@@ -37,6 +44,15 @@ VALIDATION = Path("metrics/validation.json")
 RECEIPT = Path("data/validated/receipt.json")
 
 
+def phase1_lineage() -> str:
+    """The adapter's lineage for its model card; outside a DVC run the card says why it has none
+    (under `dvc repro`, train_phase1's lock entry is written before this stage starts)."""
+    try:
+        return demote_headings(demote_headings(render_markdown(lineage("models/phase1"))))
+    except LineageError as err:
+        return f"Not available: {err}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -52,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             evaluation = run_evaluation(
                 PATHS, config, add_work=lambda tokens, flops: meter.add(tokens=tokens, flops=flops)
             )
-            write_eval_outputs(evaluation.result, evaluation.sweep, provenance, OUTPUTS)
+            write_eval_outputs(evaluation.result, evaluation.sweep, provenance, OUTPUTS,
+                               phase1_lineage())
     except (ParamsError, DataError, FileNotFoundError) as err:  # a user's fix: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2

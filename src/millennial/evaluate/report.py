@@ -314,8 +314,9 @@ def _yaml_block(data: Any) -> list[str]:
     return ["```yaml", yaml.safe_dump(data, sort_keys=False).rstrip(), "```"]
 
 
-def render_model_card(result: dict[str, Any], provenance: Provenance) -> str:
-    """A Hugging Face model card for the phase-1 TRM adapter."""
+def render_model_card(result: dict[str, Any], provenance: Provenance,
+                      lineage_markdown: str) -> str:
+    """A Hugging Face model card for the phase-1 TRM adapter, its lineage last."""
     base = provenance.base
     front = {
         "license": "apache-2.0",
@@ -368,7 +369,7 @@ def render_model_card(result: dict[str, Any], provenance: Provenance) -> str:
         "- Every decoded token runs the recursion: decoding is slower than the base (see the "
         "latency ratio). Beam search and KV-cache cropping are not supported with TRM blocks.",
         "- Timings come from whatever machine ran the evaluation and are noisy on shared CPUs.",
-        "",
+        "", "## Lineage", "", lineage_markdown.rstrip(), "",
     ]
     return "\n".join(lines)
 
@@ -386,7 +387,7 @@ class EvalOutputs:
 
 
 def write_eval_outputs(result: dict[str, Any], sweep: Sequence[dict[str, Any]],
-                       provenance: Provenance, out: EvalOutputs) -> None:
+                       provenance: Provenance, out: EvalOutputs, lineage_markdown: str) -> None:
     write_json(out.metrics, result)
     write_json(out.sweep, list(sweep))
     figures = {"accuracy per task and split": out.figures / "eval_accuracy.png"}
@@ -397,7 +398,7 @@ def write_eval_outputs(result: dict[str, Any], sweep: Sequence[dict[str, Any]],
     relative = {caption: Path(os.path.relpath(path, out.markdown.parent)).as_posix()
                 for caption, path in figures.items()}
     write_text(out.markdown, render_eval_markdown(result, sweep, relative))
-    write_text(out.model_card, render_model_card(result, provenance))
+    write_text(out.model_card, render_model_card(result, provenance, lineage_markdown))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
