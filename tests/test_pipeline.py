@@ -58,7 +58,8 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
     assert (workspace / "models/phase1/trm.safetensors").is_file()
     assert (workspace / "models/phase2/skipped.json").is_file()
     assert (workspace / "models/lora/adapter_config.json").is_file()
-    for stage in ("prepare_base", "curate", "validate", "train_phase1", "train_lora"):
+    for stage in ("prepare_base", "seed_audit", "curate", "validate", "train_phase1", "train_lora",
+                  "evaluate"):
         cost = json.loads((workspace / f"metrics/cost/{stage}.json").read_text())
         assert cost["status"] == "ok", stage
     evaluation = json.loads((workspace / "metrics/eval.json").read_text())
