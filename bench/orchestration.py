@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench._base import REPO
 from millennial.profiles import apply_profile
+from millennial.workspace import copy_project
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -33,12 +34,7 @@ def run() -> str:
            "PREFECT_HOME": str(root / ".prefect"),
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                                cwd=REPO, capture_output=True, text=True, check=True).stdout
-        for name in listed.splitlines():
-            if (REPO / name).is_file():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / name, root / name)
+        copy_project(REPO, root)
         apply_profile(root / "profiles/tiny.yaml", root / "params.yaml")
         _run(["git", "init", "-q"], root, env)
         _run(["git", "add", "-A"], root, env)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,9 +36,10 @@ from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
 
+from millennial.workspace import copy_project
+
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["prepare", "validate", "train"]
-PRODUCTS = {"dvc.lock", "data", "models", "metrics", "reports"}  # the real pipeline's, if run
 
 FAKE_STAGE = """\
 import json, pathlib, sys
@@ -138,12 +138,7 @@ def flows() -> Iterator[ModuleType]:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC copy of the repo with the fake pipeline in place of dvc.yaml."""
     root = tmp_path_factory.mktemp("flow-workspace")
-    listed = git(["ls-files", "--cached", "--others", "--exclude-standard"], REPO)
-    for name in listed.splitlines():
-        if name.split("/")[0] in PRODUCTS or not (REPO / name).is_file():
-            continue
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
+    copy_project(REPO, root)
     (root / "dvc.yaml").write_text(FAKE_DVC_YAML)
     (root / "fake_stage.py").write_text(FAKE_STAGE)
     params = yaml.safe_load((root / "params.yaml").read_text())

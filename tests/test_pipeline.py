@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from millennial.profiles import apply_profile
+from millennial.workspace import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +31,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC copy of the project's files with the tiny profile applied."""
     root = tmp_path_factory.mktemp("workspace")
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout
-    for name in listed.splitlines():
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    copy_project(REPO, root)
     apply_profile(root / "profiles/tiny.yaml", root / "params.yaml")
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
