@@ -21,7 +21,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
-from millennial.hybrid import TRMConfig, freeze_base, inject, load_trm, save_trm
+from millennial.hybrid import (
+    TRMConfig,
+    freeze_base,
+    inject,
+    load_trm,
+    save_trm,
+    trm_parameter_count,
+)
 from millennial.hybrid.injection import base_named_parameters, trm_named_parameters
 from millennial.params import ParamsError
 from millennial.train.config import TrainConfig
@@ -269,8 +276,6 @@ def run_lora(
     accelerator: Accelerator | None = None,
 ) -> dict[str, Any]:
     """The baseline a user would pick instead: LoRA at the TRM's trainable size, same data."""
-    from millennial.hybrid import trm_parameter_count
-
     accelerator = accelerator or make_accelerator(config)
     base, _ = load_base(paths.base)
     target = trm_parameter_count(base.config, trm)
