@@ -38,8 +38,9 @@ OUTPUTS = EvalOutputs(
     sweep=Path("metrics/eval_sweep.json"),
     markdown=Path("reports/eval.md"),
     figures=Path("reports/figures"),
-    model_card=Path("reports/model_card.md"),
+    model_card=Path("models/phase1/README.md"),
 )
+ADAPTER_WEIGHTS = "models/phase1/trm.safetensors"  # the card's own entry is not locked yet
 VALIDATION = Path("metrics/validation.json")
 RECEIPT = Path("data/validated/receipt.json")
 
@@ -48,7 +49,8 @@ def phase1_lineage() -> str:
     """The adapter's lineage for its model card; outside a DVC run the card says why it has none
     (under `dvc repro`, train_phase1's lock entry is written before this stage starts)."""
     try:
-        return demote_headings(demote_headings(render_markdown(lineage("models/phase1"))))
+        info = lineage(ADAPTER_WEIGHTS)
+        return demote_headings(demote_headings(render_markdown(info)))
     except LineageError as err:
         return f"Not available: {err}"
 

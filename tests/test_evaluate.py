@@ -198,7 +198,7 @@ def test_a_trained_trm_beats_the_base_and_every_output_is_written(evaluated: Pat
         assert (evaluated / name).read_bytes().startswith(b"\x89PNG")
     eval_md = (evaluated / "reports/eval.md").read_text()
     assert eval_md.startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
-    card = (evaluated / "reports/model_card.md").read_text()
+    card = (evaluated / "models/phase1/README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "apache-2.0" and front["datasets"] == ["trivial"]
     provenance = json.loads((evaluated / "models/base/provenance.json").read_text())
@@ -229,8 +229,8 @@ stages:
       params.yaml:
         train.lr: 0.01
     outs:
-    - path: models/phase1
-      md5: fedcba9876543210fedcba9876543210.dir
+    - path: models/phase1/trm.safetensors
+      md5: fedcba9876543210fedcba9876543210
 """
 
 

@@ -22,6 +22,9 @@ params = __import__("yaml").safe_load(open("params.yaml"))
 def write(path, text):
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text(text)
+if stage == "card":
+    write("models/phase1/README.md", "card for " + open("models/phase1/adapter.txt").read())
+    sys.exit()
 write(f"metrics/cost/{stage}.json", json.dumps({
     "stage": stage, "status": "ok", "usd": COSTS[stage], "wall_seconds": 2.5,
     "energy_kwh": 0.125, "energy_method": "tdp-estimate", "co2e_kg": 0.05, "gpu_hours": 0.0,
@@ -86,10 +89,17 @@ stages:
       - trm.cycles
       - train
     outs:
-      - models/phase1
+      - models/phase1/adapter.txt
     metrics:
       - metrics/cost/train.json:
           cache: false
+  card:
+    cmd: python stages/fake.py card
+    deps:
+      - stages/fake.py
+      - models/phase1/adapter.txt
+    outs:
+      - models/phase1/README.md
 """
 
 PARAMS = {"curate": {"max_chars": 5}, "base": {"source": "tiny-random"},
@@ -126,7 +136,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_lineage_of_the_model_lists_every_stage_upstream_first(repo: Path) -> None:
-    info = lineage("models/phase1", repo)
+    info = lineage("models/phase1/adapter.txt", repo)
     names = [stage["stage"] for stage in info["stages"]]
     assert sorted(names) == sorted(COSTS) and names[-1] == "train"
     assert names.index("curate") < names.index("validate")
@@ -135,12 +145,27 @@ def test_lineage_of_the_model_lists_every_stage_upstream_first(repo: Path) -> No
     train = info["stages"][-1]
     assert train["upstream"] == ["curate", "validate", "prepare_base"]
     assert train["cmd"] == "python stages/fake.py train"
-    assert info["output"]["stage"] == "train" and info["artifact"] == "models/phase1"
+    assert info["output"]["stage"] == "train"
+    assert info["artifact"] == "models/phase1/adapter.txt"
+
+
+def test_a_directory_written_by_several_stages_traces_them_all(repo: Path) -> None:
+    info = lineage("models/phase1", repo)  # adapter from `train`, its card from `card`
+    names = [stage["stage"] for stage in info["stages"]]
+    assert sorted(names) == sorted([*COSTS, "card"]) and names[-2:] == ["train", "card"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    locked = {out["path"]: out["md5"] for entry in lock.values() for out in entry["outs"]}
+    assert info["output"] == {"path": "models/phase1", "md5": None, "stage": "card", "parts": [
+        {"path": "models/phase1/adapter.txt", "stage": "train",
+         "md5": locked["models/phase1/adapter.txt"]},
+        {"path": "models/phase1/README.md", "stage": "card",
+         "md5": locked["models/phase1/README.md"]}]}
+    assert "Directory `models/phase1` holds outputs of several stages" in render_markdown(info)
 
 
 def test_md5s_and_params_are_those_in_dvc_lock(repo: Path) -> None:
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    info = lineage("models/phase1", repo)
+    info = lineage("models/phase1/adapter.txt", repo)
     for stage in info["stages"]:
         locked = lock[stage["stage"]]
         assert {d["path"]: d["md5"] for d in stage["deps"]} == {
@@ -155,7 +180,7 @@ def test_md5s_and_params_are_those_in_dvc_lock(repo: Path) -> None:
     assert kinds == {"stages/fake.py": "code", "models/base": "base-model",
                      "data/curated": "data", "data/validated/receipt.json": "data"}
     assert info["output"]["md5"] == next(
-        o["md5"] for o in lock["train"]["outs"] if o["path"] == "models/phase1")
+        o["md5"] for o in lock["train"]["outs"] if o["path"] == "models/phase1/adapter.txt")
     assert [s["path"] for s in info["raw_sources"]] == ["raw/docs.txt"]
 
 

@@ -59,7 +59,7 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
         assert cost["status"] == "ok", stage
     evaluation = json.loads((workspace / "metrics/eval.json").read_text())
     assert {"base", "phase1", "lora"} <= set(evaluation["arms"])
-    card = (workspace / "reports/model_card.md").read_text()
+    card = (workspace / "models/phase1/README.md").read_text()
     assert "train_phase1" in card.partition("\n## Lineage\n")[2]
     assert "train_phase1" in (workspace / "reports/summary.md").read_text()
     shown = run(dvc("metrics", "show", "--json"), workspace).stdout

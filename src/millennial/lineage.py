@@ -139,9 +139,13 @@ def lineage(artifact: str, repo_root: Path = Path(".")) -> dict[str, Any]:
     owners = [(out["path"], name) for name, entry in stages.items()
               for out in entry.get("outs", [])
               if path == out["path"] or path.startswith(out["path"] + "/")]
-    if not owners:
+    if owners:  # the output itself, or a file inside it: its innermost owner
+        targets = [max(owners, key=lambda owner: len(owner[0]))]
+    else:  # a directory assembled by several stages (weights and their model card)
+        targets = [(out["path"], name) for name, entry in stages.items()
+                   for out in entry.get("outs", []) if out["path"].startswith(path + "/")]
+    if not targets:
         raise LineageError(f"{artifact}: not an output of any stage in {root / LOCK_FILE}")
-    out_path, producer = max(owners, key=lambda owner: len(owner[0]))
 
     rank = {name: index for index, name in enumerate(stages)}  # dvc.lock order breaks ties
     upstream = {name: sorted({p for dep in entry.get("deps", [])
@@ -157,7 +161,8 @@ def lineage(artifact: str, repo_root: Path = Path(".")) -> dict[str, Any]:
             visit(parent)
         order.append(name)
 
-    visit(producer)
+    for _, name in targets:
+        visit(name)
     gates = [name for name in stages
              if any(out["path"] == VALIDATION_METRICS for out in stages[name].get("outs", []))]
 
@@ -192,10 +197,15 @@ def lineage(artifact: str, repo_root: Path = Path(".")) -> dict[str, Any]:
             "validation": _validation(root, gate, stages) if gate else None,
             "cost": _cost(root, name, entry.get("outs", [])),
         })
-    out_md5 = next(out.get("md5") for out in stages[producer]["outs"] if out["path"] == out_path)
+    parts = [{"path": out_path, "stage": name,
+              "md5": next(out.get("md5") for out in stages[name]["outs"]
+                          if out["path"] == out_path)} for out_path, name in targets]
+    producer = max((part["stage"] for part in parts), key=order.index)  # the last to write
+    output = dict(parts[0]) if len(parts) == 1 else {"path": path, "md5": None,
+                                                     "stage": producer, "parts": parts}
     return {
         "artifact": path,
-        "output": {"path": out_path, "md5": out_md5, "stage": producer},
+        "output": output,
         "stages": chain,
         "raw_sources": list(raw.values()),
         "git": _git(root),
@@ -234,6 +244,13 @@ def _validation_line(verdict: dict[str, Any] | None) -> str:
     return f"{state} by `{verdict['stage']}` (`{verdict['source']}`){stale}"
 
 
+def _output_line(out: dict[str, Any]) -> str:
+    if "parts" not in out:
+        return f"Output `{out['path']}` (md5 `{out['md5']}`) of stage `{out['stage']}`"
+    parts = "; ".join(f"`{p['path']}` (md5 `{p['md5']}`) of `{p['stage']}`" for p in out["parts"])
+    return f"Directory `{out['path']}` holds outputs of several stages: {parts}"
+
+
 def render_markdown(info: dict[str, Any]) -> str:
     """A readable report of `lineage(...)`'s result."""
     git = info["git"]
@@ -247,8 +264,7 @@ def render_markdown(info: dict[str, Any]) -> str:
     lines = [
         f"# Lineage of `{info['artifact']}`",
         "",
-        f"Output `{out['path']}` (md5 `{out['md5']}`) of stage `{out['stage']}`, recorded in "
-        f"`{info['lock_file']}`. Workspace: {where}.",
+        f"{_output_line(out)}, recorded in `{info['lock_file']}`. Workspace: {where}.",
         "",
         "## Raw sources",
         "",

@@ -383,7 +383,7 @@ class EvalOutputs:
     sweep: Path  # metrics/eval_sweep.json
     markdown: Path  # reports/eval.md
     figures: Path  # reports/figures/
-    model_card: Path  # reports/model_card.md
+    model_card: Path  # models/phase1/README.md, beside the adapter it describes
 
 
 def write_eval_outputs(result: dict[str, Any], sweep: Sequence[dict[str, Any]],
