@@ -136,16 +136,24 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, workspace: Pat
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
+def test_changed_params_train_afresh_instead_of_resuming(workspace: Path) -> None:
+    config = replace(TRAIN, max_steps=2, checkpoint_every=1)
+    target = paths(workspace, "identity")
+    assert run_phase1(target, TRM, config)["resumed_from_step"] == 0
+    assert run_phase1(target, TRM, config)["resumed_from_step"] == 2  # same run: nothing to do
+    deeper = run_phase1(target, replace(TRM, cycles=3), config)  # same shapes, other run
+    assert deeper["resumed_from_step"] == 0 and deeper["steps"] == 2
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, workspace: Path) -> None:
     target = replace(paths(workspace, "nonfinite"), run=tmp_path / "run", out=tmp_path / "out")
     run_phase1(target, TRM, replace(TRAIN, max_steps=2, checkpoint_every=1))
     saved = (target.out / "trm.safetensors").read_bytes()
-    # Blocks whose loss mask scores nothing make the mean loss 0/0: a NaN, as bad data would.
-    bad = learnable_rows(8, seed=3).set_column(1, "loss_mask", pa.array([[0] * BLOCK] * 8))
-    pq.write_table(bad, tmp_path / "bad.parquet")
-    target = replace(target, train_data=tmp_path / "bad.parquet")
+    # Warmup gives step 0 a zero learning rate; step 1's absurd one overflows the TRM weights,
+    # so step 2's forward pass is no longer finite, as a diverging run's would be.
+    diverging = replace(TRAIN, lr=1e38, max_steps=4, warmup_steps=2, checkpoint_every=1)
     with pytest.raises(NonFiniteError, match="step 2: loss is nan; last good checkpoint kept"):
-        run_phase1(target, TRM, replace(TRAIN, max_steps=4, checkpoint_every=1))
+        run_phase1(target, TRM, diverging)
     assert [p.name for p in sorted(target.run.glob("checkpoints/step-*"))] == [
         "step-000001", "step-000002"]
     assert (target.out / "trm.safetensors").read_bytes() == saved

@@ -10,6 +10,7 @@ import json
 import warnings
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,19 +34,29 @@ def save_trm(
     *,
     base_name: str | None = None,
     base_revision: str | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+    base_sha256: str | None = None,
 ) -> Path:
-    """Write `trm.safetensors` and `trm_config.json` to directory `path`, atomically."""
+    """Write `trm.safetensors` and `trm_config.json` to directory `path`, atomically.
+
+    A model sharded across processes (FSDP) holds no whole tensors: pass its gathered TRM
+    `tensors` and the hash of its base weights (`base_sha256`) instead of reading them here.
+    """
     config = getattr(model, "trm_config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no TRM blocks: nothing to save")
     identity = {
         "name": base_name or getattr(model.config, "name_or_path", None),
         "revision": base_revision,
-        "weights_sha256": base_weights_sha256(model),
+        "weights_sha256": base_sha256 or base_weights_sha256(model),
     }
-    tensors = {
-        name: p.detach().to("cpu").contiguous() for name, p in trm_named_parameters(model).items()
-    }
+    names = set(trm_named_parameters(model))
+    if tensors is None:
+        tensors = trm_named_parameters(model)
+    elif set(tensors) != names:
+        raise ValueError(f"tensors must be exactly the TRM parameters; differ on "
+                         f"{sorted(set(tensors) ^ names)[:5]}")
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         meta = {"base": identity, "trm": config.to_dict()}

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
+from millennial.fingerprint import tensors_sha256
 from millennial.hybrid import (
     TRMConfig,
     freeze_base,
@@ -34,6 +35,7 @@ from millennial.params import ParamsError
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData
 from millennial.train.loop import ParamGroup, TrainResult, make_accelerator, mean_loss, train
+from millennial.train.state import gather_all, gather_trainable
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,13 @@ def _run(
     config: TrainConfig,
     accelerator: Accelerator,
     what_trains: Trainable,
+    identity: dict[str, Any],
 ) -> tuple[TrainResult, dict[str, float]]:
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran."""
     _check_optimizer_holds_exactly(model, groups)
     before = _held_out(model, paths, config, accelerator.device)
     data = PackedData.from_parquet(paths.train_data)
-    result = train(model, groups, data, config, paths.run, accelerator, paths.live)
+    result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity)
     after = _held_out(accelerator.unwrap_model(model), paths, config, accelerator.device)
     per_token = training_flops_per_token(
         model_shape(model.config), data.block_size, what_trains,
@@ -134,10 +137,13 @@ def run_phase1(
     inject(model, trm)
     trainable = freeze_base(model)
     groups = [ParamGroup("trm", trm_named_parameters(model), config.lr)]
+    identity = {"arm": "phase1", "base": provenance["state_sha256"], "trm": trm.to_dict()}
     result, held_out = _run(model, groups, paths, config, accelerator,
-                            Trainable.for_phase("phase1", trm))
-    if accelerator.is_main_process:
-        save_trm(accelerator.unwrap_model(model), paths.out, base_name=provenance["name"],
+                            Trainable.for_phase("phase1", trm), identity)
+    weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
+    if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
+        save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,
+                 base_sha256=provenance["state_sha256"], base_name=provenance["name"],
                  base_revision=provenance["revision"])
     return _metrics(result, held_out, trainable, _unique_count(model))
 
@@ -180,7 +186,7 @@ def run_phase2(
     """
     config = TrainConfig(**{**config.__dict__, "max_steps": phase2.max_steps})
     accelerator = accelerator or make_accelerator(config)
-    model, _ = load_base(paths.base)
+    model, provenance = load_base(paths.base)
     load_trm(model, phase1_dir)
     base = {
         name: p
@@ -195,10 +201,13 @@ def run_phase2(
     for parameter in (*base.values(), *trm.values()):
         parameter.requires_grad_(True)
     groups = [ParamGroup("base", base, phase2.lr_base), ParamGroup("trm", trm, phase2.lr_trm)]
+    identity = {"arm": "phase2", "base": provenance["state_sha256"],
+                "phase1": tensors_sha256(trm), "trm": model.trm_config.to_dict()}
     result, held_out = _run(model, groups, paths, config, accelerator,
-                            _phase2_trainable(base, model.trm_config))
+                            _phase2_trainable(base, model.trm_config), identity)
+    weights = gather_all(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
-        save_hybrid(accelerator.unwrap_model(model), paths.base, paths.out)
+        save_hybrid(accelerator.unwrap_model(model), weights, paths.base, paths.out)
     trainable = sum(p.numel() for g in groups for p in g.parameters.values())
     metrics = _metrics(result, held_out, trainable, _unique_count(model))
     return metrics | {"lr_groups": {g.name: g.lr for g in groups}}
@@ -216,14 +225,22 @@ def _phase2_trainable(base: dict[str, torch.nn.Parameter], trm: TRMConfig) -> Tr
                      head=any("lm_head" in n for n in base), trm=trm)
 
 
-def save_hybrid(model: PreTrainedModel, base_dir: Path, out: Path) -> None:
-    """Base weights (sharded safetensors, loadable by plain from_pretrained) + TRM adapter."""
-    base_state = {name: p.detach() for name, p in base_named_parameters(model).items()}
+def save_hybrid(model: PreTrainedModel, weights: dict[str, torch.Tensor], base_dir: Path,
+                out: Path) -> None:
+    """Base weights (sharded safetensors, loadable by plain from_pretrained) + TRM adapter.
+
+    `weights` are the model's full tensors (from `gather_all`: a sharded model has no whole
+    tensors of its own).
+    """
+    trm_names = set(trm_named_parameters(model))
+    base_state = {name: weights[name] for name in base_named_parameters(model)}
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, state_dict=base_state, safe_serialization=True,
                               max_shard_size="200MB")
         AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
-        save_trm(model, tmp / "trm", base_name=str(out), base_revision="phase2")
+        save_trm(model, tmp / "trm", tensors={n: weights[n] for n in trm_names},
+                 base_sha256=tensors_sha256(base_state), base_name=str(out),
+                 base_revision="phase2")
 
 
 def load_hybrid(directory: Path) -> PreTrainedModel:
@@ -277,7 +294,7 @@ def run_lora(
 ) -> dict[str, Any]:
     """The baseline a user would pick instead: LoRA at the TRM's trainable size, same data."""
     accelerator = accelerator or make_accelerator(config)
-    base, _ = load_base(paths.base)
+    base, provenance = load_base(paths.base)
     target = trm_parameter_count(base.config, trm)
     rank = matched_lora_rank(base, settings, target)
     model = lora_model(base, settings, rank)
@@ -287,10 +304,14 @@ def run_lora(
         warnings.warn(f"LoRA rank {rank} gives {count} trainable parameters vs TRM's {target}",
                       stacklevel=2)
     groups = [ParamGroup("lora", trainable, settings.lr)]
+    identity = {"arm": "lora", "base": provenance["state_sha256"], "rank": rank,
+                "lora": {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in settings.__dict__.items()}}
     result, held_out = _run(model, groups, paths, config, accelerator,
-                            Trainable.for_phase("lora", None, lora_rank=rank))
+                            Trainable.for_phase("lora", None, lora_rank=rank), identity)
+    weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
-        with atomic_dir(paths.out) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+        with atomic_dir(paths.out) as tmp:  # PEFT keeps the adapter's keys from `state_dict`
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
     metrics = _metrics(result, held_out, count, _unique_count(model))
     return metrics | {"lora_rank": rank, "trm_trainable_params": target}

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from millennial.atomic import atomic_dir
+from millennial.atomic import atomic_dir, write_json
 
 PREFIX = "step-"
+IDENTITY_FILE = "identity.json"
 
 
 @dataclass
@@ -104,3 +105,21 @@ def load_latest(directory: Path, rank: int) -> Checkpoint | None:
         scheduler_state=torch.load(path / "scheduler.pt", weights_only=False),
         rng=torch.load(path / f"rng-{rank}.pt", weights_only=False),
     )
+
+
+def claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> list[str]:
+    """Make `run_dir` this run's: checkpoints resume only the run that wrote them.
+
+    `identity` names everything that shapes the trajectory (params, data, base, what trains).
+    Checkpoints written under another identity, or under none, are dropped: resuming them would
+    silently skip training for the new settings. Returns the keys that changed.
+    """
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from disk
+    path = run_dir / IDENTITY_FILE
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    changed = [] if previous is None else sorted(
+        key for key in identity.keys() | previous.keys() if identity.get(key) != previous.get(key))
+    if changed or previous is None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    write_json(path, identity)
+    return changed

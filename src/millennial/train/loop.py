@@ -9,20 +9,23 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from dvclive import Live
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from millennial.fingerprint import tensors_sha256
 from millennial.hybrid.injection import deep_supervision
 from millennial.train.checkpoint import (
     Progress,
+    claim_run_dir,
     load_latest,
     rng_state,
     save_checkpoint,
@@ -30,6 +33,7 @@ from millennial.train.checkpoint import (
 )
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData, global_batch_indices, micro_batches
+from millennial.train.state import gather_training_state, load_training_state
 
 
 class NonFiniteError(RuntimeError):
@@ -72,15 +76,22 @@ def train(
     run_dir: Path,
     accelerator: Accelerator,
     live_dir: Path | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        raise NotImplementedError(
-            "FSDP training is not supported yet: checkpoints hold trainable parameters by name, "
-            "which FSDP flattens; use DDP (configs/accelerate/ddp_8xa100.yaml) for now"
-        )
+    """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`.
+
+    `identity` adds what the loop cannot see (the base's hash, the TRM config) to what it can
+    (trajectory params, data, trainable shapes, process count); checkpoints written under a
+    different identity are dropped rather than resumed.
+    """
+    if accelerator.is_main_process:
+        changed = claim_run_dir(run_dir, _identity(identity or {}, groups, data, config,
+                                                   accelerator.num_processes))
+        if changed:
+            accelerator.print(f"{run_dir}: checkpoints belonged to another run (changed: "
+                              f"{', '.join(changed)}); training from step 0")
+    accelerator.wait_for_everyone()
     set_seed(config.seed)
-    trainable = {name: p for group in groups for name, p in group.parameters.items()}
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(
@@ -88,20 +99,20 @@ def train(
         weight_decay=config.weight_decay,
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    # Under FSDP, prepare swaps every parameter for a sharded one: look them up again after.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    module = accelerator.unwrap_model(model)
+    trainable = [p for p in module.parameters() if p.requires_grad]
     checkpoints = run_dir / "checkpoints"
     progress = Progress()
     latest = load_latest(checkpoints, accelerator.process_index)
     if latest is not None:
-        with torch.no_grad():
-            for name, tensor in latest.trainable.items():
-                trainable[name].copy_(tensor)
-        optimizer.load_state_dict(latest.optimizer_state)
+        load_training_state(module, optimizer, latest.trainable, latest.optimizer_state)
         scheduler.load_state_dict(latest.scheduler_state)
         set_rng_state(latest.rng)
         progress = latest.progress
         accelerator.print(f"resuming from {latest.path} (step {progress.step})")
     resumed_from = progress.step
-    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = config.batch_size * world * config.grad_accum
@@ -137,13 +148,31 @@ def train(
             live.log_metric("tokens_per_s", tokens / (time.perf_counter() - step_start))
             live.next_step()
         if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
-            _checkpoint(accelerator, checkpoints, progress, trainable, optimizer, scheduler,
+            _checkpoint(accelerator, checkpoints, progress, module, optimizer, scheduler,
                         config.keep_checkpoints)
     bar.close()
     if live is not None:
         live.end()
     return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from,
                        time.perf_counter() - start)
+
+
+# Fields that do not change what a run computes: changing them keeps its checkpoints.
+_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "eval_batches")
+
+
+def _identity(extra: dict[str, Any], groups: list[ParamGroup], data: PackedData,
+              config: TrainConfig, processes: int) -> dict[str, Any]:
+    trajectory = {k: v for k, v in asdict(config).items() if k not in _BOOKKEEPING}
+    return {
+        **extra,
+        "train": trajectory,
+        "processes": processes,
+        "data_sha256": tensors_sha256({"input_ids": data.input_ids, "loss_mask": data.loss_mask}),
+        "groups": {g.name: {"lr": g.lr, "shapes": {n: list(p.shape)
+                                                   for n, p in g.parameters.items()}}
+                   for g in groups},
+    }
 
 
 def _optimizer_step(
@@ -153,7 +182,7 @@ def _optimizer_step(
     scored: int,
     data: PackedData,
     accelerator: Accelerator,
-    trainable: dict[str, nn.Parameter],
+    trainable: list[nn.Parameter],
     config: TrainConfig,
     step: int,
 ) -> tuple[float, float]:
@@ -175,7 +204,7 @@ def _optimizer_step(
     mean_loss = accelerator.reduce(total, reduction="sum").item()
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"step {step}: loss is {mean_loss}; last good checkpoint kept")
-    norm = float(accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm))
+    norm = float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
     if not math.isfinite(norm):
         raise NonFiniteError(f"step {step}: gradient norm is {norm}; last good checkpoint kept")
     optimizer.step()
@@ -186,15 +215,16 @@ def _checkpoint(
     accelerator: Accelerator,
     directory: Path,
     progress: Progress,
-    trainable: dict[str, nn.Parameter],
+    module: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int,
 ) -> None:
     states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+    weights, optimizer_state = gather_training_state(module, optimizer)  # every process
     if accelerator.is_main_process:
-        save_checkpoint(directory, progress, dict(trainable), optimizer.state_dict(),
-                        scheduler.state_dict(), states, keep)
+        save_checkpoint(directory, progress, weights, optimizer_state, scheduler.state_dict(),
+                        states, keep)
     accelerator.wait_for_everyone()
 
 
