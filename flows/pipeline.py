@@ -212,7 +212,7 @@ def publish_costs(root: Path, stages: Sequence[str], ran: Sequence[str],
             "started_at": record.get("started_at"),
         })
     create_table_artifact(table=rows, key=COSTS_KEY,
-                          description="Per-stage cost from metrics/cost/<stage>.json")
+                          description="Per-stage cost from `metrics/cost/{stage}.json`")
 
 
 def _read_cost_totals(path: Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 With a Prefect server up (`make ui`) and at least one run of the `millennial-pipeline` flow done,
 this asks the Prefect API for the latest run (or `--flow-run-id`), opens
 `<ui>/runs/flow-run/<id>` in headless Chromium and saves a PNG (default
-reports/prefect_flow_run.png). It proves the UI renders the run, its task runs and logs offline.
+reports/prefect_flow_run.png), then the run's pipeline-summary artifact (evaluation, cost and
+lineage) beside it (`<out>_summary.png`). It proves the UI renders the run, its task runs, logs and
+artifacts offline.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+)
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 INSTALL_HINT = "apt-get install -y chromium   (Debian/Ubuntu; as root)"
 FLOW_NAME = "millennial-pipeline"
+SUMMARY_KEY = "pipeline-summary"  # flows/pipeline.py publishes it at the end of every run
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--window-size=1400,1000",
@@ -47,6 +56,18 @@ def latest_flow_run(flow_name: str) -> UUID:
         raise SystemExit(f"no run of flow {flow_name!r} on {PREFECT_API_URL.value()}: run the "
                          "pipeline flow once first")
     return runs[0].id
+
+
+def summary_artifact(run_id: UUID) -> UUID:
+    """The pipeline-summary artifact the run published (a run that failed early has none)."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
+    if not found:
+        raise SystemExit(f"flow run {run_id} published no {SUMMARY_KEY!r} artifact: did it "
+                         "finish?")
+    return found[-1].id
 
 
 def ui_url() -> str:
@@ -105,9 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui = ui_url()
     check_ui_api(ui)
     run_id = args.flow_run_id or latest_flow_run(args.flow_name)
-    url = f"{ui}/runs/flow-run/{run_id}"
-    screenshot(browser, url, args.out, args.timeout)
-    print(f"{url} -> {args.out}")
+    pages = {f"{ui}/runs/flow-run/{run_id}": args.out,
+             f"{ui}/artifacts/artifact/{summary_artifact(run_id)}":
+                 args.out.with_name(f"{args.out.stem}_summary{args.out.suffix}")}
+    for url, out in pages.items():
+        screenshot(browser, url, out, args.timeout)
+        print(f"{url} -> {out}")
     return 0
 
 
