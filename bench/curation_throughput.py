@@ -3,8 +3,9 @@
 Curates the news corpus packaged with gensim (300 articles) several times with the stage's
 default settings, and in the same run times the pieces on the same articles: the tokenizer's
 batch encode (the floor: curation must tokenize everything), normalise+filter+scrub, and MinHash
-sketching with LSH lookup. Uses models/base's tokenizer when prepare_base has run, otherwise the
-byte-level fallback (one token per byte, so token rates are byte rates).
+sketching with LSH lookup. Uses the default base's tokenizer (`models/base`, or the copy
+`bench/_base.py` prepares on a fresh clone), or `--tokenizer-dir`; a directory without a tokenizer
+falls back to byte level (one token per byte, so token rates are byte rates).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+from bench._base import default_base_dir
 from millennial.base import byte_level_tokenizer
 from millennial.data import DataError, Record
 from millennial.data.clean import FilterConfig, clean
@@ -60,7 +62,7 @@ def lsh_bytes_per_document(texts: list[str]) -> float:
 def run(repeats: int = 5, tokenizer_dir: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-curate-") as scratch:
         root = Path(scratch)
-        chosen = Path(tokenizer_dir or "models/base")
+        chosen = Path(tokenizer_dir) if tokenizer_dir else default_base_dir()
         label = f"`{chosen}`"
         if not (chosen / "tokenizer.json").is_file():
             label = f"byte-level fallback (no tokenizer in {chosen})"
