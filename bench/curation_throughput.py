@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._base import default_base_dir
+from bench._base import REPO, default_base_dir
 from millennial.base import byte_level_tokenizer
 from millennial.data import DataError, Record
 from millennial.data.clean import FilterConfig, clean
@@ -63,7 +63,7 @@ def run(repeats: int = 5, tokenizer_dir: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-curate-") as scratch:
         root = Path(scratch)
         chosen = Path(tokenizer_dir) if tokenizer_dir else default_base_dir()
-        label = f"`{chosen}`"
+        label = f"`{chosen.relative_to(REPO) if chosen.is_relative_to(REPO) else chosen}`"
         if not (chosen / "tokenizer.json").is_file():
             label = f"byte-level fallback (no tokenizer in {chosen})"
             chosen = root / "tokenizer"
