@@ -69,14 +69,12 @@ def _check_optimizer_holds_exactly(model: torch.nn.Module, groups: list[ParamGro
         )
 
 
-def _held_out(
-    model: torch.nn.Module, paths: Paths, config: TrainConfig, device: torch.device
-) -> dict[str, float]:
+def _held_out(model: torch.nn.Module, paths: Paths, config: TrainConfig) -> dict[str, float]:
     """Held-out loss on all validation blocks and on task blocks only (answer tokens)."""
     losses = {}
     for name, kind in (("val_loss", None), ("val_task_loss", "task")):
         data = PackedData.from_parquet(paths.val_data, kind=kind)
-        losses[name] = mean_loss(model.to(device), data, config.eval_batches, config.batch_size)
+        losses[name] = mean_loss(model, data, config.eval_batches, config.batch_size)
     return losses
 
 
@@ -91,16 +89,15 @@ def _run(
 ) -> tuple[TrainResult, dict[str, float]]:
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran."""
     _check_optimizer_holds_exactly(model, groups)
-    before = _held_out(model, paths, config, accelerator.device)
     data = PackedData.from_parquet(paths.train_data)
-    result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity)
-    after = _held_out(accelerator.unwrap_model(model), paths, config, accelerator.device)
+    result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity,
+                   held_out=lambda prepared: _held_out(prepared, paths, config))
     per_token = training_flops_per_token(
         model_shape(model.config), data.block_size, what_trains,
         grad_checkpointing=config.gradient_checkpointing,
     ).model
-    measured = {f"{k}_before": v for k, v in before.items()}
-    measured |= {f"{k}_after": v for k, v in after.items()}
+    measured = {f"{k}_before": v for k, v in result.held_out_before.items()}
+    measured |= {f"{k}_after": v for k, v in result.held_out_after.items()}
     # Only the tokens this run trained on (a resumed run's earlier part was metered then).
     trained = result.tokens * (result.steps - result.resumed_from_step) // max(result.steps, 1)
     measured |= {"tokens_this_run": trained, "flops_per_token": per_token,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ class TrainResult:
     losses: list[float]
     resumed_from_step: int
     seconds: float
+    held_out_before: dict[str, float]  # from `held_out` on the initial weights ({} without it)
+    held_out_after: dict[str, float]
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -77,12 +80,15 @@ def train(
     accelerator: Accelerator,
     live_dir: Path | None = None,
     identity: dict[str, Any] | None = None,
+    held_out: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`.
 
     `identity` adds what the loop cannot see (the base's hash, the TRM config) to what it can
     (trajectory params, data, trainable shapes, process count); checkpoints written under a
-    different identity are dropped rather than resumed.
+    different identity are dropped rather than resumed. `held_out` scores the prepared model
+    before (initial weights) and after training: under FSDP only the prepared model is whole
+    across processes (with RAM-efficient loading, only process 0 even holds the base's weights).
     """
     if accelerator.is_main_process:
         changed = claim_run_dir(run_dir, _identity(identity or {}, groups, data, config,
@@ -103,6 +109,7 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     module = accelerator.unwrap_model(model)
     trainable = [p for p in module.parameters() if p.requires_grad]
+    before = held_out(module) if held_out is not None else {}
     checkpoints = run_dir / "checkpoints"
     progress = Progress()
     latest = load_latest(checkpoints, accelerator.process_index)
@@ -153,8 +160,10 @@ def train(
     bar.close()
     if live is not None:
         live.end()
-    return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from,
-                       time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    after = held_out(module) if held_out is not None else {}
+    return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from, seconds,
+                       before, after)
 
 
 # Fields that do not change what a run computes: changing them keeps its checkpoints.
