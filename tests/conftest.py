@@ -11,10 +11,21 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
 }
-for _key, _value in OFFLINE_ENV.items():
+# Scratch git repositories (DVC pipelines, `dvc exp run`) commit: give them an identity.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+for _key, _value in {**OFFLINE_ENV, **GIT_IDENTITY}.items():
     os.environ.setdefault(_key, _value)
 
 # Imports after the environment is set, so no library reads it too early.
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel  # noqa: E402
@@ -40,6 +51,15 @@ def tiny_causal_lm(architecture: str = "llama", seed: int = 0, vocab: int = 97) 
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def run_command(args: list[str], cwd: Path, timeout: float = 600
+                ) -> subprocess.CompletedProcess[str]:
+    """Run a tool (dvc, git, python) with this interpreter's scripts first on PATH; must succeed."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 def perturb_trm(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import psutil
 import pytest
 import yaml
 import zc.lockfile
+from conftest import run_command
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -32,6 +32,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_HOME, temporary_settings
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
@@ -101,11 +102,7 @@ stages:
 
 
 def git(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60, check=True)
-    return done.stdout
+    return run_command(["git", *args], cwd, timeout=60).stdout
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +113,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setenv("PREFECT_HOME", str(home))
         patch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        for name in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):  # `dvc exp run` commits
-            patch.setenv(name, "test")
-        for name in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-            patch.setenv(name, "test@example.invalid")
         with temporary_settings({PREFECT_HOME: home}), prefect_test_harness(
             server_startup_timeout=120
         ):
@@ -216,6 +209,7 @@ def test_flow_runs_dvc_stages_in_dvc_order_and_publishes_artifacts(
     assert "## Lineage of models/phase1" in summary
     assert "PASSED by `validate`" in summary  # the lineage section, gated by the fake validate
 
+    APILogHandler().flush()  # logs ship in background batches: wait until they are sent
     with get_client(sync_client=True) as client:  # stage output reached the run logger
         logs = client.read_logs(log_filter=LogFilter(
             flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_command as run
 
 from millennial.cli import main
 from millennial.lineage import LineageError, lineage, render_markdown
@@ -106,17 +105,6 @@ PARAMS = {"curate": {"max_chars": 5}, "base": {"source": "tiny-random"},
           "trm": {"cycles": 3}, "train": {"lr": 0.001, "steps": 2}}
 
 
-def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.setdefault("GIT_AUTHOR_NAME", "test")
-    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
-    env.setdefault("GIT_COMMITTER_NAME", "test")
-    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC repo with a 4-stage pipeline reproduced and committed."""
@@ -197,7 +185,7 @@ def test_validation_cost_and_commit(repo: Path) -> None:
         assert cost["usd"] == usd and cost["wall_seconds"] == 2.5
         assert cost["energy_kwh"] == 0.125 and cost["status"] == "ok"
         assert cost["matches_lock"] is True  # the record of the run dvc.lock describes
-    head = run(["git", "rev-parse", "HEAD"], repo).strip()
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert info["git"] == {"commit": head, "dirty": False, "lock_committed": True}
     markdown = render_markdown(info)
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]

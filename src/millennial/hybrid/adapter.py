@@ -50,12 +50,12 @@ def save_trm(
         "revision": base_revision,
         "weights_sha256": base_sha256 or base_weights_sha256(model),
     }
-    names = set(trm_named_parameters(model))
+    own = trm_named_parameters(model)
     if tensors is None:
-        tensors = trm_named_parameters(model)
-    elif set(tensors) != names:
+        tensors = own
+    elif set(tensors) != set(own):
         raise ValueError(f"tensors must be exactly the TRM parameters; differ on "
-                         f"{sorted(set(tensors) ^ names)[:5]}")
+                         f"{sorted(set(tensors) ^ set(own))[:5]}")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,11 @@ def _check_optimizer_holds_exactly(model: torch.nn.Module, groups: list[ParamGro
         )
 
 
-def _held_out(model: torch.nn.Module, paths: Paths, config: TrainConfig) -> dict[str, float]:
-    """Held-out loss on all validation blocks and on task blocks only (answer tokens)."""
-    losses = {}
-    for name, kind in (("val_loss", None), ("val_task_loss", "task")):
-        data = PackedData.from_parquet(paths.val_data, kind=kind)
-        losses[name] = mean_loss(model, data, config.eval_batches, config.batch_size)
-    return losses
+def _held_out(model: torch.nn.Module, sets: dict[str, PackedData],
+              config: TrainConfig) -> dict[str, float]:
+    """Held-out loss on each named validation set."""
+    return {name: mean_loss(model, data, config.eval_batches, config.batch_size)
+            for name, data in sets.items()}
 
 
 def _run(
@@ -90,8 +88,11 @@ def _run(
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran."""
     _check_optimizer_holds_exactly(model, groups)
     data = PackedData.from_parquet(paths.train_data)
+    # All validation blocks, and task blocks only (answer tokens); read once for both scorings.
+    val = {"val_loss": PackedData.from_parquet(paths.val_data),
+           "val_task_loss": PackedData.from_parquet(paths.val_data, kind="task")}
     result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity,
-                   held_out=lambda prepared: _held_out(prepared, paths, config))
+                   held_out=lambda prepared: _held_out(prepared, val, config))
     per_token = training_flops_per_token(
         model_shape(model.config), data.block_size, what_trains,
         grad_checkpointing=config.gradient_checkpointing,
@@ -302,8 +303,7 @@ def run_lora(
                       stacklevel=2)
     groups = [ParamGroup("lora", trainable, settings.lr)]
     identity = {"arm": "lora", "base": provenance["state_sha256"], "rank": rank,
-                "lora": {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in settings.__dict__.items()}}
+                "lora": asdict(settings)}
     result, held_out = _run(model, groups, paths, config, accelerator,
                             Trainable.for_phase("lora", None, lora_rank=rank), identity)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
