@@ -223,6 +223,18 @@ def test_lora_baseline_matches_the_trm_size(workspace: Path) -> None:
     assert (workspace / "models/lora/adapter_config.json").is_file()
 
 
+def test_lora_baseline_is_reproducible(tmp_path: Path, workspace: Path) -> None:
+    settings = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0, lr=3e-3)
+    runs = [replace(paths(workspace, "lora-seeded"), out=tmp_path / name,
+                    run=tmp_path / f"{name}.run") for name in ("first", "second")]
+    torch.manual_seed(123)  # whatever ran before must not matter
+    run_lora(runs[0], TRM, settings, replace(TRAIN, max_steps=2))
+    run_lora(runs[1], TRM, settings, replace(TRAIN, max_steps=2))
+    first, second = (load_file(r.out / "adapter_model.safetensors") for r in runs)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_train_config_errors_name_the_key() -> None:
     from millennial.params import ParamsError
 

@@ -295,6 +295,7 @@ def run_lora(
     base, provenance = load_base(paths.base)
     target = trm_parameter_count(base.config, trm)
     rank = matched_lora_rank(base, settings, target)
+    set_seed(config.seed)  # LoRA's A matrices are random: same seed, same start, as phase 1
     model = lora_model(base, settings, rank)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     count = sum(p.numel() for p in trainable.values())
