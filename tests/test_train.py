@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +136,25 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, workspace: Pat
     weights = [load_file(root / "models/phase1/trm.safetensors") for root in (straight, killed)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    losses = [(root / "dvclive/train_phase1/plots/metrics/loss.tsv").read_text()
+              for root in (straight, killed)]
+    assert losses[0] == losses[1]  # one row per step: none lost, none repeated
+
+
+def test_resumed_logs_are_the_checkpoints_even_if_the_kill_corrupted_them(
+        tmp_path: Path, workspace: Path) -> None:
+    target = replace(paths(workspace, "logs"), run=tmp_path / "run", live=tmp_path / "live")
+    config = replace(TRAIN, max_steps=4, checkpoint_every=2)
+    run_phase1(target, TRM, config)
+    straight = (target.live / "plots/metrics/loss.tsv").read_text()
+    assert len(straight.splitlines()) == 1 + 4
+    # A kill after step 3 and while dvclive rewrote its summary: the step-4 checkpoint is
+    # missing (never written), step 3 is logged, and metrics.json is half a file.
+    shutil.rmtree(tmp_path / "run/checkpoints/step-000004")
+    (target.live / "metrics.json").write_text('{"loss": ')
+    assert run_phase1(target, TRM, config)["resumed_from_step"] == 2
+    assert (target.live / "plots/metrics/loss.tsv").read_text() == straight
+    assert json.loads((target.live / "metrics.json").read_text())["step"] == 3
 
 
 def test_changed_params_train_afresh_instead_of_resuming(workspace: Path) -> None:

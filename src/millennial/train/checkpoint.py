@@ -2,7 +2,9 @@
 
 A run killed at any instant leaves only complete checkpoints (each is a directory renamed into
 place), so a restart resumes from the newest one and ends with the same weights as a run that was
-never interrupted.
+never interrupted. Each checkpoint also holds a copy of the run's training logs as they stood at
+its step: dvclive writes its files in place, so a kill can leave them half-written, and steps
+logged after the checkpoint would otherwise be logged twice once the run repeats them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from millennial.atomic import atomic_dir, write_json
 
 PREFIX = "step-"
 IDENTITY_FILE = "identity.json"
+LOGS = "logs"
 
 
 @dataclass
@@ -58,8 +61,12 @@ def save_checkpoint(
     scheduler_state: dict[str, Any],
     rng_states: list[dict[str, Any]],
     keep: int,
+    logs: Path | None = None,
 ) -> Path:
-    """Write `directory/step-NNNNNN/` whole, then drop all but the newest `keep` checkpoints."""
+    """Write `directory/step-NNNNNN/` whole, then drop all but the newest `keep` checkpoints.
+
+    `logs` (the run's dvclive directory, complete up to this step) is copied in alongside.
+    """
     target = directory / f"{PREFIX}{progress.step:06d}"
     with atomic_dir(target) as tmp:
         save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()},
@@ -69,6 +76,8 @@ def save_checkpoint(
         for rank, state in enumerate(rng_states):  # one per process: dropout streams differ
             torch.save(state, tmp / f"rng-{rank}.pt")
         (tmp / "progress.json").write_text(json.dumps(asdict(progress)) + "\n")
+        if logs is not None and logs.is_dir():
+            shutil.copytree(logs, tmp / LOGS)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old)
     return target
@@ -89,6 +98,15 @@ class Checkpoint:
     optimizer_state: dict[str, Any]
     scheduler_state: dict[str, Any]
     rng: dict[str, Any]
+
+    def restore_logs(self, logs: Path) -> bool:
+        """Put back the logs saved with this checkpoint at `logs`; False if it saved none."""
+        saved = self.path / LOGS
+        if not saved.is_dir():
+            return False
+        with atomic_dir(logs) as tmp:
+            shutil.copytree(saved, tmp, dirs_exist_ok=True)
+        return True
 
 
 def load_latest(directory: Path, rank: int) -> Checkpoint | None:

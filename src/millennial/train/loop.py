@@ -123,11 +123,12 @@ def train(
     model.train()
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = config.batch_size * world * config.grad_accum
-    live = (
-        Live(str(live_dir), resume=resumed_from > 0, save_dvc_exp=False, dvcyaml=None)
-        if live_dir is not None and accelerator.is_main_process
-        else None
-    )
+    live = None
+    if live_dir is not None and accelerator.is_main_process:
+        # Resume the logs as the checkpoint saw them (complete, and without the steps after it).
+        resume_logs = latest is not None and latest.restore_logs(live_dir)
+        live = Live(str(live_dir), resume=resume_logs, save_dvc_exp=False, dvcyaml=None)
+        live.step = progress.step  # rows are numbered by training step, resumed or not
     bar = tqdm(total=config.max_steps, initial=progress.step, desc="train", unit="step",
                disable=not accelerator.is_main_process)
     start = time.perf_counter()
@@ -156,7 +157,7 @@ def train(
             live.next_step()
         if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
             _checkpoint(accelerator, checkpoints, progress, module, optimizer, scheduler,
-                        config.keep_checkpoints)
+                        config.keep_checkpoints, live_dir)
     bar.close()
     if live is not None:
         live.end()
@@ -228,12 +229,13 @@ def _checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int,
+    logs: Path | None,
 ) -> None:
     states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
     weights, optimizer_state = gather_training_state(module, optimizer)  # every process
     if accelerator.is_main_process:
         save_checkpoint(directory, progress, weights, optimizer_state, scheduler.state_dict(),
-                        states, keep)
+                        states, keep, logs)
     accelerator.wait_for_everyone()
 
 
