@@ -16,11 +16,14 @@ import yaml
 
 from millennial.base import prepare_base
 from millennial.cost.meter import Meter
+from millennial.cost.planner import forward_flops_per_token, model_shape, trm_call_flops
 from millennial.data import TEXT_KIND, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
+from millennial.evaluate import flops_per_token
 from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, iter_arms
 from millennial.evaluate.metrics import encode_prompts, greedy_generate, pad_batch
+from millennial.evaluate.sweep import Depth, recursion_depth
 from millennial.hybrid import TRMConfig
 from millennial.train.arms import LoraSettings, Paths, load_base, run_lora, run_phase1
 from millennial.train.config import TrainConfig
@@ -215,6 +218,22 @@ def test_the_sweep_runs_the_depths_it_claims(evaluated: Path) -> None:
     assert all(r["n"] == 4 for r in rows)
     by_calls = {r["f_calls_per_token"]: r["latency_ms"] for r in rows}
     assert by_calls[24] > by_calls[3]  # eight times the recursion is measurably slower
+
+
+def test_each_arm_is_charged_the_flops_of_the_depth_it_runs(workspace: Path) -> None:
+    arms = {arm.name: arm for arm in iter_arms(_arm_paths(workspace), *pad_batch(
+        _prompts(workspace), 0, "left"))}
+    shape = model_shape(arms["base"].model.config)
+    base = forward_flops_per_token(shape, 40).model
+    with arms["base"].active():
+        assert flops_per_token(arms["base"], 40) == base  # TRM off: none of its calls
+    assert flops_per_token(arms["lora"], 40) == base  # merged into the base's weights
+    trained = flops_per_token(arms["phase1"], 40)
+    with recursion_depth(arms["phase1"].model, Depth(cycles=8, latent_steps=2)):
+        deeper = flops_per_token(arms["phase1"], 40)
+    one_call = sum(trm_call_flops(TRM, 40))  # 2 x 3 calls trained, 8 x 3 in the sweep
+    assert trained - base == pytest.approx(forward_flops_per_token(shape, 40, TRM).trm_forward)
+    assert deeper - trained == pytest.approx((8 - 2) * 3 * one_call)
 
 
 LOCK = """\

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from millennial.cost.planner import forward_flops_per_token, model_shape
 from millennial.data import DataError, Options
 from millennial.data.pack import Encoded
 from millennial.evaluate.arms import Arm, ArmPaths, iter_arms, training_record
@@ -39,14 +40,14 @@ from millennial.evaluate.metrics import (
 )
 from millennial.evaluate.stats import Proportion, gain_per_usd, pooled
 from millennial.evaluate.sweep import recursion_depth, sweep_points, sweep_row
-from millennial.hybrid.injection import base_named_parameters
+from millennial.hybrid.injection import trm_blocks
 from millennial.params import ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")
 HELD_OUT = "test"  # general-text perplexity and in-distribution task perplexity use this split
 log = logging.getLogger(__name__)
-FLOPS_METHOD = ("2 x parameters x tokens processed (forward passes only); undercounts TRM arms, "
-                "whose core weights run cycles x (latent_steps + 1) times per token")
+FLOPS_METHOD = ("the planner's forward FLOPs per token (base matmuls, LM head, attention over the "
+                "mean sequence length, every TRM call at the depth run) x tokens processed")
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class EvalData:
     speed_prompt: list[int]
     eos_id: int
     pad_id: int
+    context: int  # mean length of the sequences scored: the attention term of the FLOP count
 
 
 def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
@@ -178,16 +180,24 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
     text = encode_scored(texts, tokenizer, eos, config.max_length)
     in_distribution = [e.record() for e in examples if e.split == HELD_OUT]
     stream = [token for sequence in text for token in sequence.ids]
+    prompts = encode_prompts([e.prompt for e in examples], tokenizer, eos)
+    sweep_prompts = encode_prompts([e.prompt for e in sweep_examples], tokenizer, eos)
+    task_text = encode_scored(in_distribution, tokenizer, eos, config.max_length)
+    speed_prompt = stream[: config.speed_prompt_tokens]
+    lengths = [len(p) + config.max_new_tokens for p in (*prompts, *sweep_prompts)]
+    lengths += [len(s.ids) for s in (*text, *task_text)]
+    lengths.append(len(speed_prompt) + config.speed_new_tokens)
     return EvalData(
         examples=examples,
-        prompts=encode_prompts([e.prompt for e in examples], tokenizer, eos),
+        prompts=prompts,
         sweep_examples=sweep_examples,
-        sweep_prompts=encode_prompts([e.prompt for e in sweep_examples], tokenizer, eos),
+        sweep_prompts=sweep_prompts,
         text=text,
-        task_text=encode_scored(in_distribution, tokenizer, eos, config.max_length),
-        speed_prompt=stream[: config.speed_prompt_tokens],
+        task_text=task_text,
+        speed_prompt=speed_prompt,
         eos_id=eos,
         pad_id=pad,
+        context=round(sum(lengths) / len(lengths)),
     )
 
 
@@ -229,10 +239,10 @@ def measure_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenize
 
 
 def sweep_arm(arm: Arm, tokenizer: PreTrainedTokenizerBase, data: EvalData,
-              config: EvalConfig) -> tuple[list[dict[str, Any]], int]:
-    """Accuracy and latency of a TRM arm at each test-time depth; rows and tokens processed."""
+              config: EvalConfig) -> tuple[list[dict[str, Any]], int, float]:
+    """Accuracy and latency of a TRM arm at each test-time depth; rows, tokens and FLOPs."""
     trained = arm.model.trm_config
-    rows, tokens = [], 0
+    rows, tokens, flops = [], 0, 0.0
     for depth in sweep_points(trained, config.sweep.cycles, config.sweep.latent_steps):
         with recursion_depth(arm.model, depth):
             accuracy = task_accuracy(arm.model, tokenizer, data.sweep_examples,
@@ -242,20 +252,27 @@ def sweep_arm(arm: Arm, tokenizer: PreTrainedTokenizerBase, data: EvalData,
                                   new_tokens=config.speed_new_tokens,
                                   repeats=config.speed_repeats, eos_id=data.eos_id,
                                   pad_id=data.pad_id)
+            per_token = flops_per_token(arm, data.context)
         overall = pooled(accuracy.cells.values()).to_dict()
         rows.append(sweep_row(arm.name, depth, trained, overall, speed.latency_ms))
         log.info("%s sweep T=%d n=%d: accuracy %.3f, %.3g ms/token (%.1f s)", arm.name,
                  depth.cycles, depth.latent_steps, overall["accuracy"], speed.latency_ms,
                  accuracy.generated.seconds)
-        tokens += (accuracy.generated.prompt_tokens + accuracy.generated.generated_tokens
-                   + speed.tokens)
-    return rows, tokens
+        processed = (accuracy.generated.prompt_tokens + accuracy.generated.generated_tokens
+                     + speed.tokens)
+        tokens += processed
+        flops += processed * per_token
+    return rows, tokens, flops
 
 
-def active_parameters(arm: Arm) -> int:
-    """Parameters a forward pass of this arm uses (the base arm skips its TRM blocks)."""
-    named = base_named_parameters(arm.model) if arm.trm_off else dict(arm.model.named_parameters())
-    return sum(p.numel() for p in named.values())
+def flops_per_token(arm: Arm, context: int) -> float:
+    """Forward FLOPs per token as the planner counts them, at the depth the TRM blocks run now.
+
+    The base arm runs no TRM call; the LoRA arm is merged into the base, so it costs the same.
+    """
+    blocks = [] if arm.trm_off else trm_blocks(arm.model)
+    trm = blocks[0].config if blocks else None
+    return forward_flops_per_token(model_shape(arm.model.config), context, trm).model
 
 
 def nested_cells(cells: dict[tuple[str, str], Proportion]) -> dict[str, dict[str, Any]]:
@@ -326,13 +343,15 @@ def run_evaluation(paths: EvalPaths, config: EvalConfig,
         with arm.active():
             measured[arm.name] = measure_arm(arm.name, arm.model, tokenizer, data, config)
             tokens = measured[arm.name].tokens
+            flops = tokens * flops_per_token(arm, data.context)
             if arm.recursive:
-                rows, sweep_tokens = sweep_arm(arm, tokenizer, data, config)
+                rows, sweep_tokens, sweep_flops = sweep_arm(arm, tokenizer, data, config)
                 sweep += rows
                 tokens += sweep_tokens
+                flops += sweep_flops
                 trm_config[arm.name] = arm.model.trm_config.to_dict()
         if add_work is not None:
-            add_work(tokens, 2.0 * active_parameters(arm) * tokens)
+            add_work(tokens, flops)
     training = {name: training_record(name, paths.metrics) for name in measured}
     examples: dict[str, dict[str, int]] = {}
     for example in data.examples:
