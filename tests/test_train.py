@@ -151,8 +151,11 @@ def test_resumed_logs_are_the_checkpoints_even_if_the_kill_corrupted_them(
     # A kill after step 3 and while dvclive rewrote its summary: the step-4 checkpoint is
     # missing (never written), step 3 is logged, and metrics.json is half a file.
     shutil.rmtree(tmp_path / "run/checkpoints/step-000004")
+    half_written = tmp_path / "run/checkpoints/.step-000004.tmp-x1y2"
+    half_written.mkdir()
     (target.live / "metrics.json").write_text('{"loss": ')
     assert run_phase1(target, TRM, config)["resumed_from_step"] == 2
+    assert not half_written.exists()
     assert (target.live / "plots/metrics/loss.tsv").read_text() == straight
     assert json.loads((target.live / "metrics.json").read_text())["step"] == 3
 

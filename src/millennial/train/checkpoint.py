@@ -130,14 +130,18 @@ def claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> list[str]:
 
     `identity` names everything that shapes the trajectory (params, data, base, what trains).
     Checkpoints written under another identity, or under none, are dropped: resuming them would
-    silently skip training for the new settings. Returns the keys that changed.
+    silently skip training for the new settings. Half-written checkpoints a kill left behind
+    (hidden temporary directories, as large as a whole one) go too. Returns the keys that changed.
     """
     identity = json.loads(json.dumps(identity))  # tuples -> lists, as read back from disk
     path = run_dir / IDENTITY_FILE
     previous = json.loads(path.read_text()) if path.is_file() else None
     changed = [] if previous is None else sorted(
         key for key in identity.keys() | previous.keys() if identity.get(key) != previous.get(key))
+    checkpoints = run_dir / "checkpoints"
     if changed or previous is None:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    for leftover in checkpoints.glob(f".{PREFIX}*"):
+        shutil.rmtree(leftover)
     write_json(path, identity)
     return changed
