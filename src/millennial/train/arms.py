@@ -272,7 +272,13 @@ def lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torc
         target_modules=targets if isinstance(targets, str) else list(targets),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, config)
+    model = get_peft_model(base, config)
+    # PEFT resolves "all-linear" to a set and saves it in hash order, so adapter_config.json (a
+    # DVC output) would differ from process to process for the same adapter: sort it.
+    resolved = model.peft_config["default"]
+    if not isinstance(resolved.target_modules, str):
+        resolved.target_modules = sorted(resolved.target_modules)
+    return model
 
 
 def matched_lora_rank(base: PreTrainedModel, settings: LoraSettings, target: int) -> int:
