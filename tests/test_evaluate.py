@@ -23,8 +23,8 @@ from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
 from millennial.evaluate import flops_per_token
 from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, iter_arms
 from millennial.evaluate.metrics import encode_prompts, greedy_generate, pad_batch
-from millennial.evaluate.sweep import Depth, recursion_depth
 from millennial.hybrid import TRMConfig
+from millennial.hybrid.injection import Depth, recursion_depth
 from millennial.train.arms import LoraSettings, Paths, load_base, run_lora, run_phase1
 from millennial.train.config import TrainConfig
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import perturb_trm, tiny_causal_lm
 
-from millennial.evaluate.sweep import Depth, recursion_depth, sweep_points
+from millennial.evaluate.sweep import sweep_points
 from millennial.hybrid import TRMConfig, inject
-from millennial.hybrid.injection import trm_blocks
+from millennial.hybrid.injection import Depth, recursion_depth, trm_blocks
 
 TRM = TRMConfig(injection_layers=[1, -1], hidden_size=16, num_heads=2, num_layers=1,
                 latent_steps=2, cycles=3, grad_cycles=2, ffn_size=32)

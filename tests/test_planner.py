@@ -32,6 +32,7 @@ from millennial.cost.planner import (
 )
 from millennial.cost.presets import PRESETS, PUBLISHED_PARAMETERS, preset_config
 from millennial.hybrid import TRMConfig, freeze_base, inject, trm_parameter_count
+from millennial.hybrid.expansion import expand, freeze_all_but_expansion
 
 TINY = {
     "llama": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
@@ -136,6 +137,20 @@ def test_flops_forward_and_full_fine_tune(name: str) -> None:
     assert forward == pytest.approx(measured_flops_per_token(model, backward=False), rel=0.02)
     full = training_flops_per_token(shape, SEQ, Trainable.for_phase("scratch", None)).model
     assert full == pytest.approx(measured_flops_per_token(model), rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_flops_llama_pro_blocks(name: str) -> None:
+    """Copied blocks train inside a frozen stack: forward of every layer, activation gradient
+    from the lowest new block up, weight gradient of the new blocks only."""
+    config, model = tiny(name)
+    expansion = expand(model, 2)
+    freeze_all_but_expansion(model)
+    planned = training_flops_per_token(model_shape(model.config), SEQ,
+                                       Trainable(new_layers=expansion.positions))
+    assert planned.model == pytest.approx(measured_flops_per_token(model), rel=0.02)
+    assert planned.base_weight_grad == pytest.approx(
+        2 * 2 * model_shape(config).layer_macs, rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])

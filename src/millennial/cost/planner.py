@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from millennial.cost.hardware import CPU, Device
-from millennial.hybrid.config import TRMConfig
+from millennial.hybrid.config import BaseDims, TRMConfig
 
 PHASES = ("phase1", "phase2", "lora", "scratch")
 SHARDINGS = ("ddp", "fsdp")
@@ -88,6 +88,7 @@ class ModelShape:
     # Something after the last matmul saves tensors for backward (GPT-2's residual dropout
     # mask), so checkpoint recomputation cannot stop before that matmul.
     saves_after_last_matmul: bool = False
+    num_heads: int = 1  # query heads (a pretrained TRM core copies them)
 
     @property
     def layer_params(self) -> int:
@@ -156,6 +157,7 @@ def model_shape(config: Any) -> ModelShape:
         norm_params=hidden,
         gated_mlp=True,
         linears=linears,
+        num_heads=heads,
     )
 
 
@@ -182,6 +184,7 @@ def _gpt2_shape(config: Any) -> ModelShape:
         gated_mlp=False,
         linears=linears,
         saves_after_last_matmul=float(_field(config, "resid_pdrop", 0.1)) > 0,
+        num_heads=_field(config, "n_head"),
     )
 
 
@@ -200,17 +203,27 @@ def base_parameters(shape: ModelShape) -> dict[str, int]:
     return {**parts, "total": sum(parts.values())}
 
 
+def resolve_trm(shape: ModelShape, trm: TRMConfig) -> TRMConfig:
+    """The TRM config with every width known on this base (a pretrained core copies the base's;
+    the planner needs no check of the family, which `inject` does)."""
+    heads = shape.num_heads
+    dims = BaseDims(shape.hidden_size, heads, heads * shape.kv_width // shape.attention_width,
+                    shape.intermediate_size)
+    return trm.resolve(dims, shape.num_layers)
+
+
 def trm_core_parameters(trm: TRMConfig) -> int:
-    """Parameters of one core f: per layer q/k/v/o, SwiGLU and two norms; one final norm."""
-    d = trm.hidden_size
-    return trm.num_layers * (4 * d * d + 3 * d * trm.ffn_size + 2 * d) + d
+    """Parameters of one core f: per layer q/k/v/o, SwiGLU and two norms (a random core adds a
+    final norm)."""
+    return trm.parameter_count(0, 1)
 
 
 def trm_parameters(shape: ModelShape, trm: TRMConfig) -> dict[str, int]:
-    """TRM parameters by part (same formula as `millennial.hybrid.trm_parameter_count`)."""
+    """TRM parameters by part (the formula of `TRMConfig.parameter_count`)."""
+    trm = resolve_trm(shape, trm)
     points = len(trm.resolve_layers(shape.num_layers))
-    per_point = shape.hidden_size + 2 * shape.hidden_size * trm.hidden_size  # norm, down, up
-    core = trm_core_parameters(trm)
+    core = trm.parameter_count(0, 1)
+    per_point = trm.parameter_count(shape.hidden_size, 1) - core  # norm, down, up
     cores = 1 if trm.share_across_layers else points
     return {
         "injection_points": points,
@@ -238,6 +251,9 @@ class Trainable:
     head: bool = False  # an untied LM head trains
     trm: TRMConfig | None = None  # TRM blocks train (when present)
     lora_rank: int = 0  # LoRA adapters on every decoder weight matrix
+    # Whole decoder layers that train inside a frozen stack: LLaMA Pro's copied blocks, by their
+    # index in the expanded model (whose shape is the one planned).
+    new_layers: tuple[int, ...] = ()
 
     @classmethod
     def for_phase(cls, phase: str, trm: TRMConfig | None, lora_rank: int = 0) -> Trainable:
@@ -274,6 +290,8 @@ def backward_status(
         first_full = min(first_full, trainable.trm.resolve_layers(count)[0] + 1)
     if trainable.lora_rank:
         first_full = min(first_full, 1)
+    if trainable.new_layers:
+        first_full = min(first_full, min(trainable.new_layers))
     return [
         "full" if i >= first_full else "partial" if trainable.lora_rank and i == 0 else "none"
         for i in range(count)
@@ -314,11 +332,20 @@ def attention_flops(width: int, context: int) -> int:
     return 4 * context * width
 
 
+def _kv_width(trm: TRMConfig) -> int:
+    return trm.kv_heads * (trm.width("hidden_size") // trm.width("num_heads"))
+
+
 def trm_call_flops(trm: TRMConfig, context: int) -> tuple[int, int]:
-    """(matmul, attention) forward FLOPs of one call of the core f, per token."""
-    d = trm.hidden_size
-    matmul = 2 * trm.num_layers * (4 * d * d + 3 * d * trm.ffn_size)
+    """(matmul, attention) forward FLOPs of one call of the core f, per token (resolved config)."""
+    d, ffn = trm.width("hidden_size"), trm.width("ffn_size")
+    matmul = 2 * trm.num_layers * (2 * d * d + 2 * d * _kv_width(trm) + 3 * d * ffn)
     return matmul, trm.num_layers * attention_flops(d, context)
+
+
+def _projection_macs(shape: ModelShape, trm: TRMConfig) -> int:
+    """Multiply-adds of one of a random core's down/up projections (a pretrained core has none)."""
+    return 0 if trm.pretrained else shape.hidden_size * trm.width("hidden_size")
 
 
 def forward_flops_per_token(
@@ -327,6 +354,7 @@ def forward_flops_per_token(
     """One forward pass (evaluation, generation without cache): base plus every TRM call."""
     trm_forward = 0.0
     if trm is not None:
+        trm = resolve_trm(shape, trm)
         trm_forward = len(trm.resolve_layers(shape.num_layers)) * _trm_block_forward(
             shape, trm, context
         )
@@ -340,7 +368,7 @@ def forward_flops_per_token(
 
 def _trm_block_forward(shape: ModelShape, trm: TRMConfig, context: int) -> float:
     matmul, attention = trm_call_flops(trm, context)
-    projections = 2 * 2 * shape.hidden_size * trm.hidden_size  # down and up
+    projections = 2 * 2 * _projection_macs(shape, trm)  # down and up
     return projections + trm.total_calls * (matmul + attention)
 
 
@@ -373,6 +401,7 @@ def training_flops_per_token(
     if trainable.base_layers_from is not None:
         trained_layers = max(0, shape.num_layers - trainable.base_layers_from)
         weight_grad += 2 * trained_layers * shape.layer_macs
+    weight_grad += 2 * len(trainable.new_layers) * shape.layer_macs
     head_trains = trainable.embeddings if shape.tied_embeddings else trainable.head
     if head_trains:
         weight_grad += 2 * head_macs
@@ -390,9 +419,9 @@ def training_flops_per_token(
 
     trm_backward = 0.0
     if trainable.trm is not None:
-        trm = trainable.trm
+        trm = resolve_trm(shape, trainable.trm)
         matmul, attention = trm_call_flops(trm, context)
-        projection = 2 * shape.hidden_size * trm.hidden_size
+        projection = 2 * _projection_macs(shape, trm)
         # up and down each need dW and dX (the block's input norm weight trains, so the
         # gradient must pass through down even where the base below needs none).
         per_block = trm.grad_calls * (2 * matmul + 2 * attention) + 4 * projection
@@ -462,11 +491,12 @@ def activation_bytes_per_token(
     )
     trm_block = 0
     if trainable.trm is not None:
-        trm = trainable.trm
-        d = trm.hidden_size
-        core_layer = layer_activation_bytes(d, d, d, trm.ffn_size, True)
+        trm = resolve_trm(shape, trainable.trm)
+        d = trm.width("hidden_size")
+        core_layer = layer_activation_bytes(d, d, _kv_width(trm), trm.width("ffn_size"), True)
         trm_block = trm.grad_calls * trm.num_layers * core_layer
-        trm_block += BYTES_PER_ACTIVATION * (shape.hidden_size + d)  # down and up inputs
+        if not trm.pretrained:
+            trm_block += BYTES_PER_ACTIVATION * (shape.hidden_size + d)  # down and up inputs
     lora = BYTES_PER_ACTIVATION * trainable.lora_rank * len(shape.linears)
     kept_layers = sum(state != "none" for state in status)
     if grad_checkpointing:

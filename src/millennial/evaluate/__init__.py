@@ -39,8 +39,8 @@ from millennial.evaluate.metrics import (
     task_accuracy,
 )
 from millennial.evaluate.stats import Proportion, gain_per_usd, pooled
-from millennial.evaluate.sweep import recursion_depth, sweep_points, sweep_row
-from millennial.hybrid.injection import trm_blocks
+from millennial.evaluate.sweep import sweep_points, sweep_row
+from millennial.hybrid.injection import recursion_depth, trm_blocks
 from millennial.params import ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")

@@ -1,16 +1,26 @@
-"""The injected TRM block: a narrow recursive core f wrapped in down/up projections.
+"""The injected TRM block: a recursive core f and what connects it to its host layer.
 
 Readable in one sitting on purpose (nanoGPT style). Shapes: B batch, S new tokens, H base width,
 d TRM width. The recursion is TRM's (arXiv:2510.04871) adapted to a causal LM:
 
-    x = down(norm(h))
+    x = down(norm(h))                      # random core: narrow width d
     repeat T cycles:                       # all but the last `grad_cycles` under no_grad
         repeat n times: z = f(x + y + z)
         y = f(y + z)
     h_out = h + up(y)                      # up is zero-initialised: the hybrid starts as the base
 
 f is a small pre-norm transformer with causal attention that honours padding, rotary positions
-taken from the base's own position ids, and a SwiGLU MLP.
+taken from the base's own position ids, grouped-query attention and a SwiGLU MLP.
+
+A pretrained core (LLaMA Pro's initialisation) is a copy of the host's own layers at the base's
+width, output projections zeroed, and f(u) is what those layers add to u. The answer y is the
+residual stream itself, updated like a residual layer:
+
+    x = y = h, z = 0
+    repeat T cycles: n times z = f(x + y + z); then y = y + f(y + z)
+    h_out = y                              # f is 0 at init: again the hybrid starts as the base
+
+With z = 0 and one answer update this is exactly LLaMA Pro's copied block, h + f(h).
 """
 
 from __future__ import annotations
@@ -23,9 +33,11 @@ from torch import nn
 
 from millennial.hybrid.config import TRMConfig
 
+RANDOM_CORE_NORM_EPS = 1e-6
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, width: int, eps: float = 1e-6) -> None:
+    def __init__(self, width: int, eps: float = RANDOM_CORE_NORM_EPS) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(width))
@@ -77,40 +89,44 @@ class TRMCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: TRMConfig) -> None:
         super().__init__()
-        width = config.hidden_size
-        self.num_heads = config.num_heads
+        width = config.width("hidden_size")
+        self.num_heads, self.num_kv_heads = config.width("num_heads"), config.kv_heads
+        kv_width = self.num_kv_heads * (width // self.num_heads)
         self.q_proj = nn.Linear(width, width, bias=False)
-        self.k_proj = nn.Linear(width, width, bias=False)
-        self.v_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(width, kv_width, bias=False)
+        self.v_proj = nn.Linear(width, kv_width, bias=False)
         self.o_proj = nn.Linear(width, width, bias=False)
 
     def forward(self, x: torch.Tensor, attend: Attend, slot: tuple[int, int]) -> torch.Tensor:
         batch, seq, width = x.shape
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, seq, self.num_heads, -1).transpose(1, 2)
+        def heads(t: torch.Tensor, count: int) -> torch.Tensor:
+            return t.view(batch, seq, count, -1).transpose(1, 2)
 
-        q = apply_rotary(heads(self.q_proj(x)), attend.cos, attend.sin)
-        k = apply_rotary(heads(self.k_proj(x)), attend.cos, attend.sin)
-        v = heads(self.v_proj(x))
+        q = apply_rotary(heads(self.q_proj(x), self.num_heads), attend.cos, attend.sin)
+        k = apply_rotary(heads(self.k_proj(x), self.num_kv_heads), attend.cos, attend.sin)
+        v = heads(self.v_proj(x), self.num_kv_heads)
         if attend.cache is not None:
             if slot in attend.cache.keys:
                 k = torch.cat((attend.cache.keys[slot], k), dim=2)
                 v = torch.cat((attend.cache.values[slot], v), dim=2)
             attend.cache.keys[slot], attend.cache.values[slot] = k, v
+        grouped = self.num_kv_heads != self.num_heads
         if attend.mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=grouped)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend.mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend.mask,
+                                                 enable_gqa=grouped)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, width))
 
 
 class SwiGLU(nn.Module):
     def __init__(self, config: TRMConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.ffn_size, bias=False)
-        self.down_proj = nn.Linear(config.ffn_size, config.hidden_size, bias=False)
+        width, inner = config.width("hidden_size"), config.width("ffn_size")
+        self.gate_proj = nn.Linear(width, inner, bias=False)
+        self.up_proj = nn.Linear(width, inner, bias=False)
+        self.down_proj = nn.Linear(inner, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -119,11 +135,11 @@ class SwiGLU(nn.Module):
 class CoreLayer(nn.Module):
     """Pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: TRMConfig) -> None:
+    def __init__(self, config: TRMConfig, norm_eps: float) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.hidden_size)
+        self.attn_norm = RMSNorm(config.width("hidden_size"), norm_eps)
         self.attn = CausalSelfAttention(config)
-        self.mlp_norm = RMSNorm(config.hidden_size)
+        self.mlp_norm = RMSNorm(config.width("hidden_size"), norm_eps)
         self.mlp = SwiGLU(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -133,38 +149,55 @@ class CoreLayer(nn.Module):
 
 
 class RecursiveCore(nn.Module):
-    """The network f, called T*(n+1) times per block. The final norm keeps states bounded."""
+    """The network f, called T*(n+1) times per block.
 
-    def __init__(self, config: TRMConfig) -> None:
+    A random core ends in a norm that keeps states bounded over many calls. A pretrained core
+    returns only what its layers add to the residual stream (zero while its output projections
+    are), so its states live on the base's scale.
+    """
+
+    def __init__(self, config: TRMConfig, norm_eps: float = RANDOM_CORE_NORM_EPS) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(CoreLayer(config) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size)
+        self.layers = nn.ModuleList(CoreLayer(config, norm_eps) for _ in range(config.num_layers))
+        self.norm = None if config.pretrained else RMSNorm(config.width("hidden_size"))
 
     def forward(self, x: torch.Tensor, attend: Attend, call: int) -> torch.Tensor:
+        out = x
         for index, layer in enumerate(self.layers):
-            x = layer(x, attend, (call, index))
-        return self.norm(x)
+            out = layer(out, attend, (call, index))
+        return out - x if self.norm is None else self.norm(out)
 
 
 class TRMBlock(nn.Module):
     """One injection point: projections to and from the TRM width around a (maybe shared) core."""
 
     def __init__(
-        self, base_width: int, config: TRMConfig, rope_theta: float, core: RecursiveCore | None
+        self,
+        base_width: int,
+        config: TRMConfig,
+        rope_theta: float,
+        core: RecursiveCore | None,
+        norm_eps: float = RANDOM_CORE_NORM_EPS,
     ) -> None:
         super().__init__()
         self.config = config
         self.rope_theta = rope_theta
         self.enabled = True
         # Deep supervision (TRM's N_sup steps per batch) carries the detached (y, z) of one step
-        # into the next; `carry` is None outside it, and the recursion starts from zeros.
+        # into the next; `carry` is None outside it, and the recursion starts afresh.
         self.keep_carry = False
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.norm = RMSNorm(base_width)
-        self.down = nn.Linear(base_width, config.hidden_size, bias=False)
-        self.core = core if core is not None else RecursiveCore(config)
-        self.up = nn.Linear(config.hidden_size, base_width, bias=False)
-        nn.init.zeros_(self.up.weight)
+        self.core = core if core is not None else RecursiveCore(config, norm_eps)
+        # A random core is narrow: projections to and from its width, the way out starting at 0.
+        self.norm: RMSNorm | None = None
+        self.down: nn.Linear | None = None
+        self.up: nn.Linear | None = None
+        if not config.pretrained:
+            width = config.width("hidden_size")
+            self.norm = RMSNorm(base_width)
+            self.down = nn.Linear(base_width, width, bias=False)
+            self.up = nn.Linear(width, base_width, bias=False)
+            nn.init.zeros_(self.up.weight)
 
     def forward(
         self,
@@ -173,19 +206,24 @@ class TRMBlock(nn.Module):
         key_padding: torch.Tensor | None,
         cache: TRMCache | None,
     ) -> torch.Tensor:
-        """Run the recursion on `hidden` (B, S, H) and return `hidden + up(y)`.
+        """Run the recursion on `hidden` (B, S, H) and return the host's new output.
 
         `positions` are the base's position ids of the new tokens; `key_padding` (B, past + S) is
         True for real tokens; `cache` holds past keys/values during incremental decoding.
         """
-        dtype = self.down.weight.dtype
-        x = self.down(self.norm(hidden.to(dtype)))
-        head_dim = self.config.hidden_size // self.config.num_heads
+        dtype = next(self.core.parameters()).dtype
+        if self.down is None:  # pretrained core: y is the residual stream, z a latent update
+            x = hidden.to(dtype)
+            start = (x, torch.zeros_like(x))
+        else:
+            x = self.down(self.norm(hidden.to(dtype)))
+            start = (torch.zeros_like(x), torch.zeros_like(x))
+        head_dim = self.config.width("hidden_size") // self.config.width("num_heads")
         cos, sin = rotary_tables(positions, head_dim, self.rope_theta, dtype)
         past = cache.length if cache is not None else 0
         mask = attention_mask(key_padding, hidden.shape[1], past, hidden.device)
         attend = Attend(cos, sin, mask, cache)
-        y, z = self.carry if self.carry is not None else (torch.zeros_like(x), torch.zeros_like(x))
+        y, z = self.carry if self.carry is not None else start
         call = 0
         for cycle in range(self.config.cycles):
             with torch.set_grad_enabled(
@@ -194,12 +232,15 @@ class TRMBlock(nn.Module):
                 for _ in range(self.config.latent_steps):
                     z = self.core(x + y + z, attend, call)
                     call += 1
-                y = self.core(y + z, attend, call)
+                update = self.core(y + z, attend, call)
+                y = update if self.up is not None else y + update
                 call += 1
         if cache is not None:
             cache.length = past + hidden.shape[1]
         if self.keep_carry:
             self.carry = (y.detach(), z.detach())
+        if self.up is None:
+            return y.to(hidden.dtype)
         return hidden + self.up(y).to(hidden.dtype)
 
 
@@ -220,12 +261,3 @@ def attention_mask(
         return causal[None, None]
     mask = causal[None, None] & key_padding.bool()[:, None, None, :]
     return mask | (key_index == query_index)[None, None]
-
-
-def trm_parameter_count_for(base_width: int, num_points: int, config: TRMConfig) -> int:
-    """Exact parameter count of `num_points` blocks, mirroring the modules above."""
-    d, ffn = config.hidden_size, config.ffn_size
-    own = base_width + 2 * base_width * d  # input norm, down, up
-    core = config.num_layers * (4 * d * d + 3 * d * ffn + 2 * d) + d
-    cores = 1 if config.share_across_layers else num_points
-    return num_points * own + cores * core

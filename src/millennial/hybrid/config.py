@@ -3,30 +3,53 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+CORE_INITS = ("random", "pretrained")
+# Core widths a pretrained core takes from the base (null in params.yaml: "the base's").
+BASE_WIDTH_FIELDS = ("hidden_size", "num_heads", "num_kv_heads", "ffn_size")
+
+
+@dataclass(frozen=True)
+class BaseDims:
+    """What a pretrained core copies: the widths of one base decoder layer."""
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
 
 
 @dataclass(frozen=True)
 class TRMConfig:
     """What to inject and where.
 
-    Each injection point gets a block: `x = down(norm(h))`, then `cycles` (T) latent recursions of
-    `latent_steps` (n) updates `z <- f(x + y + z)` and one `y <- f(y + z)`, and the host layer's
-    output becomes `h + up(y)`. Only the last `grad_cycles` recursions carry gradient.
+    Each injection point gets a block that runs `cycles` (T) latent recursions of `latent_steps`
+    (n) updates `z <- f(x + y + z)` and one `y <- f(y + z)`; only the last `grad_cycles`
+    recursions carry gradient. Two cores f:
+
+    - `core_init: random` (TRM's own): a narrow transformer of width `hidden_size` between
+      `x = down(norm(h))` and the output `h + up(y)`, `up` zero-initialised.
+    - `core_init: pretrained` (LLaMA Pro's initialisation): f is a copy of the `num_layers` base
+      layers ending at the host, at the base's width, with their attention and MLP output
+      projections zeroed; f returns what those layers add to the residual stream, `x = h`, `y`
+      starts at `x`, and the output is `h + y`. Width fields may be null (the base's).
     """
 
     injection_layers: tuple[int, ...] = (-1,)
-    hidden_size: int = 128
-    num_heads: int = 4
+    hidden_size: int | None = 128
+    num_heads: int | None = 4
     num_layers: int = 2
     latent_steps: int = 6
     cycles: int = 3
     grad_cycles: int = 1
-    ffn_size: int = 384
+    ffn_size: int | None = 384
     dropout: float = 0.0
     share_across_layers: bool = False
+    core_init: str = "random"
+    num_kv_heads: int | None = None  # key/value heads of f (grouped-query); None = num_heads
 
     def __post_init__(self) -> None:
         layers = self.injection_layers
@@ -37,22 +60,28 @@ class TRMConfig:
                 f"injection_layers must be a non-empty list of ints, got {layers!r}"
             )
         object.__setattr__(self, "injection_layers", tuple(layers))
-        counts = ("hidden_size", "num_heads", "num_layers", "latent_steps", "cycles",
-                  "grad_cycles", "ffn_size")
-        for name in counts:
+        if self.core_init not in CORE_INITS:
+            raise ValueError(f"core_init must be one of {', '.join(CORE_INITS)}, "
+                             f"got {self.core_init!r}")
+        pretrained = self.core_init == "pretrained"
+        for name in ("num_layers", "latent_steps", "cycles", "grad_cycles", *BASE_WIDTH_FIELDS):
             value = getattr(self, name)
+            if value is None and (name == "num_kv_heads" or (pretrained and name in
+                                                             BASE_WIDTH_FIELDS)):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_heads ({self.num_heads})"
-            )
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(
-                f"hidden_size / num_heads must be even for rotary positions, "
-                f"got {self.hidden_size // self.num_heads}"
-            )
+        if self.hidden_size is not None and self.num_heads is not None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
+                                 f"num_heads ({self.num_heads})")
+            if (self.hidden_size // self.num_heads) % 2:
+                raise ValueError(f"hidden_size / num_heads must be even for rotary positions, "
+                                 f"got {self.hidden_size // self.num_heads}")
+        if (self.num_heads is not None and self.num_kv_heads is not None
+                and self.num_heads % self.num_kv_heads):
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
         if self.grad_cycles > self.cycles:
             raise ValueError(f"grad_cycles ({self.grad_cycles}) must be <= cycles ({self.cycles})")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
@@ -61,6 +90,13 @@ class TRMConfig:
             raise ValueError(
                 f"share_across_layers must be a bool, got {self.share_across_layers!r}"
             )
+        if pretrained and self.share_across_layers:
+            raise ValueError("share_across_layers needs core_init: random (a pretrained core is "
+                             "a copy of its own host's layers)")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.core_init == "pretrained"
 
     @property
     def calls_per_cycle(self) -> int:
@@ -76,6 +112,49 @@ class TRMConfig:
     def grad_calls(self) -> int:
         """Calls of f per token per block that keep a graph for backward."""
         return self.grad_cycles * self.calls_per_cycle
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.width("num_heads")
+
+    def width(self, name: str) -> int:
+        """A width field that must be known by now (a pretrained core resolves it first)."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{name} is null: resolve a pretrained core against its base first")
+        return int(value)
+
+    def resolve(self, base: BaseDims, num_hidden_layers: int) -> TRMConfig:
+        """The config with every width known: a pretrained core takes the base's.
+
+        A width set explicitly for a pretrained core must equal the base's; every injection
+        point must have `num_layers` base layers at or below it to copy.
+        """
+        self.resolve_layers(num_hidden_layers)
+        if not self.pretrained:
+            return self
+        wanted = {"hidden_size": base.hidden_size, "num_heads": base.num_heads,
+                  "num_kv_heads": base.num_kv_heads, "ffn_size": base.intermediate_size}
+        for name, value in wanted.items():
+            if getattr(self, name) not in (None, value):
+                raise ValueError(f"{name} is {getattr(self, name)} but core_init: pretrained "
+                                 f"copies base layers of {name} {value} (set it to null)")
+        lowest = self.resolve_layers(num_hidden_layers)[0]
+        if self.num_layers > lowest + 1:
+            raise ValueError(f"num_layers {self.num_layers}: a pretrained core copies the layers "
+                             f"ending at its host, but layer {lowest} has only {lowest + 1}")
+        return replace(self, **wanted)
+
+    def parameter_count(self, base_width: int, num_points: int) -> int:
+        """Exact parameters of `num_points` blocks on a base of `base_width` (resolved config)."""
+        d, ffn = self.width("hidden_size"), self.width("ffn_size")
+        kv = self.kv_heads * (d // self.width("num_heads"))
+        core = self.num_layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d)
+        if self.pretrained:  # no projections, no final norm: the host's own layers, copied
+            return num_points * core
+        own = base_width + 2 * base_width * d  # input norm, down, up
+        cores = 1 if self.share_across_layers else num_points
+        return num_points * own + cores * (core + d)
 
     def resolve_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
         """Injection indices as sorted non-negative positions in a stack of that depth."""

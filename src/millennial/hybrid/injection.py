@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -19,11 +19,14 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
 
-from millennial.hybrid.block import TRMBlock, TRMCache, trm_parameter_count_for
-from millennial.hybrid.config import TRMConfig
+from millennial.hybrid.block import RANDOM_CORE_NORM_EPS, CoreLayer, TRMBlock, TRMCache
+from millennial.hybrid.config import BaseDims, TRMConfig
 
 # Families whose decoder stacks, position ids and caches the tests exercise.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+# Families whose decoder layers a pretrained core copies exactly (RMSNorm, rotary attention
+# without biases, SwiGLU): qwen2 has q/k/v biases and gpt2 LayerNorm and a GELU MLP.
+PRETRAINED_CORE_MODEL_TYPES = ("llama", "mistral")
 _CACHE_ATTRIBUTE = "millennial_trm"  # per-generation TRM caches ride on the HF cache object
 
 
@@ -76,13 +79,43 @@ def rope_theta(config: PretrainedConfig) -> float:
     return float(theta) if theta is not None else 10000.0
 
 
+def base_dims(model_config: PretrainedConfig) -> BaseDims:
+    """The widths of one decoder layer of a base (what a pretrained core copies)."""
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    return BaseDims(text.hidden_size, heads, getattr(text, "num_key_value_heads", None) or heads,
+                    getattr(text, "intermediate_size", None) or 4 * text.hidden_size)
+
+
+def resolve_config(model_config: PretrainedConfig, config: TRMConfig) -> TRMConfig:
+    """`config` with every width known for this base; a pretrained core must be copyable."""
+    text = model_config.get_text_config()
+    if config.pretrained:
+        model_type = getattr(model_config, "model_type", None)
+        if model_type not in PRETRAINED_CORE_MODEL_TYPES:
+            families = ", ".join(PRETRAINED_CORE_MODEL_TYPES)
+            raise ValueError(
+                f"core_init: pretrained copies LLaMA-style layers ({families}); {model_type!r} "
+                "layers (biases, LayerNorm or a GELU MLP) do not fit the core")
+        if getattr(text, "attention_bias", False) or getattr(text, "mlp_bias", False):
+            raise ValueError("core_init: pretrained cannot copy layers with biases")
+        head_dim = getattr(text, "head_dim", None)
+        if head_dim is not None and head_dim != text.hidden_size // text.num_attention_heads:
+            raise ValueError(f"core_init: pretrained needs head_dim = hidden_size / heads; the "
+                             f"base has head_dim {head_dim}")
+    return config.resolve(base_dims(model_config), text.num_hidden_layers)
+
+
 def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
     """Add one TRM block after each configured decoder layer of `model`, in place."""
     if getattr(model, "trm_config", None) is not None:
         raise ValueError(f"{type(model).__name__} already has TRM blocks injected")
     owner, layers = find_decoder_layers(model)
     text_config = model.config.get_text_config()
+    config = resolve_config(model.config, config)
     positions = config.resolve_layers(len(layers))
+    norm_eps = (float(getattr(text_config, "rms_norm_eps", RANDOM_CORE_NORM_EPS))
+                if config.pretrained else RANDOM_CORE_NORM_EPS)
     stack_inputs = _StackInputs()
     signature = inspect.signature(owner.forward)
     owner.register_forward_pre_hook(
@@ -92,14 +125,43 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
     for index in positions:
         host = layers[index]
         reference = next(host.parameters())
-        block = TRMBlock(text_config.hidden_size, config, rope_theta(text_config), shared_core)
+        block = TRMBlock(text_config.hidden_size, config, rope_theta(text_config), shared_core,
+                         norm_eps)
         block.to(device=reference.device, dtype=reference.dtype)
+        if config.pretrained:
+            copy_base_layers(block, layers[index - config.num_layers + 1 : index + 1])
         if config.share_across_layers:
             shared_core = block.core
         host.add_module("trm", block)
         host.register_forward_hook(partial(_run_block, block, stack_inputs), with_kwargs=True)
     model.trm_config = config
     return model
+
+
+@torch.no_grad()
+def copy_base_layers(block: TRMBlock, source: nn.ModuleList | list[nn.Module],
+                     zero_outputs: bool = True) -> None:
+    """Initialise a pretrained core from LLaMA-style base layers, LLaMA Pro style: the same
+    weights, with the attention and MLP output projections zeroed so f adds nothing at first."""
+    targets: list[CoreLayer] = list(block.core.layers)
+    for target, layer in zip(targets, source, strict=True):
+        attention, mlp = layer.self_attn, layer.mlp
+        pairs = [
+            (target.attn_norm.weight, layer.input_layernorm.weight),
+            (target.attn.q_proj.weight, attention.q_proj.weight),
+            (target.attn.k_proj.weight, attention.k_proj.weight),
+            (target.attn.v_proj.weight, attention.v_proj.weight),
+            (target.attn.o_proj.weight, attention.o_proj.weight),
+            (target.mlp_norm.weight, layer.post_attention_layernorm.weight),
+            (target.mlp.gate_proj.weight, mlp.gate_proj.weight),
+            (target.mlp.up_proj.weight, mlp.up_proj.weight),
+            (target.mlp.down_proj.weight, mlp.down_proj.weight),
+        ]
+        for mine, theirs in pairs:
+            mine.copy_(theirs)
+        if zero_outputs:
+            target.attn.o_proj.weight.zero_()
+            target.mlp.down_proj.weight.zero_()
 
 
 def _capture_stack_inputs(
@@ -214,5 +276,36 @@ def deep_supervision(model: nn.Module) -> Iterator[nn.Module]:
 def trm_parameter_count(model_config: PretrainedConfig, trm_config: TRMConfig) -> int:
     """Exact TRM parameter count from the base's config alone (works for 70B bases on a laptop)."""
     text_config = model_config.get_text_config()
-    points = trm_config.resolve_layers(text_config.num_hidden_layers)
-    return trm_parameter_count_for(text_config.hidden_size, len(points), trm_config)
+    resolved = resolve_config(model_config, trm_config)
+    points = resolved.resolve_layers(text_config.num_hidden_layers)
+    return resolved.parameter_count(text_config.hidden_size, len(points))
+
+
+@dataclass(frozen=True)
+class Depth:
+    """How deep the TRM blocks recurse: cycles T and latent steps n."""
+
+    cycles: int
+    latent_steps: int
+
+
+@contextmanager
+def recursion_depth(model: nn.Module, depth: Depth) -> Iterator[nn.Module]:
+    """Within this block every TRM block of `model` recurses `depth` deep (test-time depth, or a
+    training curriculum).
+
+    `grad_cycles` is capped at the new `cycles` (the config requires it). The original configs
+    are restored on exit, also after an error.
+    """
+    blocks = trm_blocks(model)
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no TRM blocks: nothing to change")
+    originals = [block.config for block in blocks]
+    try:
+        for block, config in zip(blocks, originals, strict=True):
+            block.config = replace(config, cycles=depth.cycles, latent_steps=depth.latent_steps,
+                                   grad_cycles=min(config.grad_cycles, depth.cycles))
+        yield model
+    finally:
+        for block, config in zip(blocks, originals, strict=True):
+            block.config = config
