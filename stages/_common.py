@@ -56,7 +56,7 @@ def trm_config(params: dict[str, Any]) -> TRMConfig:
 
 def training_paths(stage: str, out: str) -> Paths:
     """Where every training stage reads (base, curated blocks) and writes (model, run, dvclive)."""
-    packed = Path("data/curated/packed")
-    return Paths(base=Path("models/base"), train_data=packed / "train.parquet",
-                 val_data=packed / "val.parquet", out=Path(out), run=Path("runs") / stage,
+    curated = Path("data/curated")
+    return Paths(base=Path("models/base"), train_data=curated / "packed/train.parquet",
+                 documents=curated / "documents", out=Path(out), run=Path("runs") / stage,
                  live=Path("dvclive") / stage)

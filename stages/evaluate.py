@@ -1,6 +1,8 @@
-"""DVC stage `evaluate`: base vs TRM vs LoRA on held-out tasks -> metrics/eval.json, reports.
+"""DVC stage `evaluate`: the scored arms side by side -> metrics/eval.json, reports, model card.
 
-Exit 0: evaluated (the verdict is printed; a TRM loss is a result, not a failure). Exit 2: params
+Reads what the `evaluate_<arm>` stages wrote (no model is loaded here), compares every TRM arm
+with LoRA, LLaMA Pro and the base on the same examples, and writes the verdict first.
+Exit 0: compared (the verdict is printed; a TRM loss is a result, not a failure). Exit 2: params
 or an input missing or unusable.
 """
 
@@ -14,8 +16,8 @@ from pathlib import Path
 
 from millennial.cost.meter import Meter
 from millennial.data import DataError
-from millennial.evaluate import EvalConfig, EvalPaths, run_evaluation
-from millennial.evaluate.arms import ArmPaths
+from millennial.evaluate import EvalConfig, compare, read_arms, sweep_rows
+from millennial.evaluate.arms import training_record
 from millennial.evaluate.report import (
     EvalOutputs,
     demote_headings,
@@ -27,12 +29,10 @@ from millennial.lineage import LineageError, lineage, render_markdown
 from millennial.params import ParamsError, load_params, section
 
 STAGE = "evaluate"
-PATHS = EvalPaths(
-    arms=ArmPaths(base=Path("models/base"), phase1=Path("models/phase1"),
-                  phase2=Path("models/phase2"), lora=Path("models/lora")),
-    documents=Path("data/curated/documents"),
-    metrics=Path("metrics"),
-)
+SUMMARIES = Path("metrics/eval")
+EXAMPLES = Path("data/eval")
+METRICS = Path("metrics")  # training records and metrics/cost/<stage>.json
+DOCUMENTS = Path("data/curated/documents")
 OUTPUTS = EvalOutputs(
     metrics=Path("metrics/eval.json"),
     sweep=Path("metrics/eval_sweep.json"),
@@ -64,18 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
-        provenance = read_provenance(PATHS.arms.base, VALIDATION, RECEIPT, params,
-                                     PATHS.documents)
-        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir) as meter:
-            evaluation = run_evaluation(
-                PATHS, config, add_work=lambda tokens, flops: meter.add(tokens=tokens, flops=flops)
-            )
-            write_eval_outputs(evaluation.result, evaluation.sweep, provenance, OUTPUTS,
+        provenance = read_provenance(Path("models/base"), VALIDATION, RECEIPT, params,
+                                     DOCUMENTS)
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
+            evaluations = read_arms(SUMMARIES, EXAMPLES)
+            training = {name: training_record(name, METRICS) for name in evaluations}
+            result = compare(evaluations, training, config.seed)
+            write_eval_outputs(result, sweep_rows(evaluations), provenance, OUTPUTS,
                                phase1_lineage())
     except (ParamsError, DataError, FileNotFoundError) as err:  # a user's fix: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(verdict(evaluation.result)), file=sys.stderr)
+    print("\n".join(verdict(result)), file=sys.stderr)
     return 0
 
 

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from millennial.params import section
-from millennial.train.arms import LoraSettings, run_lora
+from millennial.train.arms import run_lora
 from millennial.train.config import TrainConfig
+from millennial.train.settings import LoraSettings
 from stages._common import run_stage, training_paths, trm_config
 
 STAGE = "train_lora"
@@ -19,7 +20,7 @@ PATHS = training_paths(STAGE, "models/lora")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:
-    settings = LoraSettings.from_params(section(params, "lora"))
+    settings = LoraSettings.from_params(params.get("lora"))
     config = TrainConfig.from_params(section(params, "train"))
     return run_lora(PATHS, trm_config(params), settings, config)
 

@@ -8,6 +8,7 @@ from typing import Any
 from millennial.params import section
 from millennial.train.arms import run_phase1
 from millennial.train.config import TrainConfig
+from millennial.train.settings import Phase1Settings
 from stages._common import run_stage, training_paths, trm_config
 
 STAGE = "train_phase1"
@@ -15,7 +16,9 @@ PATHS = training_paths(STAGE, "models/phase1")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:
-    return run_phase1(PATHS, trm_config(params), TrainConfig.from_params(section(params, "train")))
+    settings = Phase1Settings.from_params(params.get("phase1"))
+    return run_phase1(PATHS, trm_config(params), settings,
+                      TrainConfig.from_params(section(params, "train")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

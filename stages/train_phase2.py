@@ -16,8 +16,9 @@ from typing import Any
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
 from millennial.params import ParamsError, load_params, section
-from millennial.train.arms import Phase2Config, run_phase2
+from millennial.train.arms import run_phase2
 from millennial.train.config import TrainConfig
+from millennial.train.settings import Phase2Config
 from stages._common import run_stage, training_paths
 
 STAGE = "train_phase2"
@@ -27,7 +28,7 @@ PATHS = training_paths(STAGE, "models/phase2")
 
 
 def body(params: dict[str, Any]) -> dict[str, Any]:
-    phase2 = Phase2Config.from_params(section(params, "phase2"))
+    phase2 = Phase2Config.from_params(params.get("phase2"))
     config = TrainConfig.from_params(section(params, "train"))
     return run_phase2(PATHS, PHASE1, phase2, config)
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     known, _ = parser.parse_known_args(argv)
     try:
         params = load_params(known.params)
-        enabled = Phase2Config.from_params(section(params, "phase2")).enabled
+        enabled = Phase2Config.from_params(params.get("phase2")).enabled
     except ParamsError as err:
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2

@@ -101,10 +101,10 @@ def test_outputs_and_schemas(curated: Path) -> None:
     for split in ("train", "val", "test", "test_ood"):
         assert pq.read_schema(curated / f"data/curated/documents/{split}.parquet").equals(
             DOCUMENT_SCHEMA)
-    for split in ("train", "val"):
-        assert pq.read_schema(curated / f"data/curated/packed/{split}.parquet").equals(
-            PACKED_SCHEMA)
-    assert not (curated / "data/curated/packed/test.parquet").exists()
+    assert pq.read_schema(curated / "data/curated/packed/train.parquet").equals(PACKED_SCHEMA)
+    assert sorted(p.name for p in (curated / "data/curated/packed").iterdir()) == [
+        "train.parquet"]  # held-out splits are scored from documents, never packed
+    assert not (curated / "data/curated/.spool").exists()
     assert (curated / "metrics/data.json").is_file()
     assert (curated / "reports/data_card.md").is_file()
 
@@ -145,23 +145,33 @@ def test_splits_do_not_leak_and_ood_is_harder(curated: Path) -> None:
 def test_packed_blocks_carry_every_token_and_the_right_mask(curated: Path) -> None:
     manifest = json.loads((curated / "data/curated/manifest.json").read_text())
     pad = manifest["tokenizer"]["pad_token_id"]
-    for split in ("train", "val"):
-        documents = table(curated, "documents", split)
-        blocks = table(curated, "packed", split)
-        assert all(len(b["input_ids"]) == len(b["loss_mask"]) == BLOCK for b in blocks)
-        for kind in ("text", "task"):
-            ids = [i for b in blocks if b["kind"] == kind for i in b["input_ids"]]
-            mask = [m for b in blocks if b["kind"] == kind for m in b["loss_mask"]]
-            tokens = sum(d["n_tokens"] for d in documents if d["kind"] == kind)
-            assert len(ids) - tokens < BLOCK and all(i == pad for i in ids[tokens:])
-            scored = sum(mask)
-            if kind == "text":
-                assert scored == tokens
-            else:  # the answer bytes, their separator and one EOS per example
-                assert scored == sum(len(d["answer"]) + 2 for d in documents
-                                     if d["kind"] == kind)
-        assert manifest["splits"][split]["blocks"]["text"] == sum(
-            b["kind"] == "text" for b in blocks)
+    documents = table(curated, "documents", "train")
+    blocks = table(curated, "packed", "train")
+    assert all(len(b["input_ids"]) == len(b["loss_mask"]) == len(b["loss_weight"]) == BLOCK
+               for b in blocks)
+    ids = [i for b in blocks for i in b["input_ids"]]
+    mask = [m for b in blocks for m in b["loss_mask"]]
+    tokens = sum(d["n_tokens"] for d in documents)
+    assert len(ids) - tokens < BLOCK and all(i == pad for i in ids[tokens:])
+    # every token of a text, the answer bytes, their separator and one EOS per task example
+    assert sum(mask) == sum(d["n_tokens"] if d["kind"] == "text" else len(d["answer"]) + 2
+                            for d in documents)
+    weights = [w for b in blocks for w in b["loss_weight"]]
+    assert all((w > 0) == bool(m) for w, m in zip(weights, mask, strict=True))
+    assert sum(weights) == pytest.approx(sum(mask), rel=1e-5)  # natural mixture: all weigh 1
+    assert manifest["splits"]["train"]["blocks"] == len(blocks)
+
+
+def test_sources_are_interleaved_not_packed_in_runs(curated: Path) -> None:
+    """A task example follows whatever came before it, not a run of same-task examples."""
+    documents = table(curated, "documents", "train")
+    sources = [d["source"] for d in documents]
+    assert sources[:3] == ["news"] * 3  # documents keep the order sources were read in
+    blocks = table(curated, "packed", "train")
+    stream = bytes(i for b in blocks for i in b["input_ids"] if i < 256).decode("latin-1")
+    chase_first = stream.index("?")  # pointer-chase prompts end in "?"
+    news_last = max(stream.rfind(d["text"][:40]) for d in documents if d["source"] == "news")
+    assert chase_first < news_last  # some tasks come before the last news article
 
 
 def test_manifest_and_card(curated: Path, tokenizer_dir: Path) -> None:
@@ -174,8 +184,52 @@ def test_manifest_and_card(curated: Path, tokenizer_dir: Path) -> None:
     assert news["package"] == "gensim" and news["version"]
     card = (curated / "reports/data_card.md").read_text()
     for fragment in ("| news | package |", "| chase | test_ood | 30 | 5-6 |", "near_duplicate",
-                     "<EMAIL>"):
+                     "<EMAIL>", "## Training mixture", "natural (`curate.mixture: null`"):
         assert fragment in card
+    mixture = {row["source"]: row for row in manifest["mixture"]["sources"]}
+    assert set(mixture) == {"news", "extra", "chase", "sum"}
+    assert sum(row["natural_share"] for row in mixture.values()) == pytest.approx(1.0)
+    assert all(row["loss_weight"] == pytest.approx(1.0) for row in mixture.values())
+
+
+def test_a_mixture_sets_each_sources_share_of_the_loss(curated: Path, tmp_path: Path) -> None:
+    raw = json.loads((curated / "raw.json").read_text())
+    raw["mixture"] = {"news": 0.4, "extra": 0.0, "chase": 0.3, "sum": 0.3}
+    result = run(tmp_path, raw)
+    rows = {row["source"]: row for row in result.manifest["mixture"]["sources"]}
+    documents = table(tmp_path, "documents", "train")
+    blocks = table(tmp_path, "packed", "train")
+    # Re-derive each token's source from the weights: the loss each source carries is its share.
+    by_weight: dict[float, float] = {}
+    for block in blocks:
+        for weight in block["loss_weight"]:
+            if weight:
+                by_weight[round(weight, 4)] = by_weight.get(round(weight, 4), 0.0) + weight
+    total = sum(by_weight.values())
+    for name in ("news", "chase", "sum"):
+        share = by_weight[round(rows[name]["loss_weight"], 4)] / total
+        assert share == pytest.approx(rows[name]["share"], rel=1e-3)
+    assert rows["extra"]["loss_weight"] == 0.0 and rows["chase"]["loss_weight"] > 1.0
+    assert len(documents) == len(table(curated, "documents", "train"))  # same data, new weights
+    card = (tmp_path / "reports/data_card.md").read_text()
+    assert "set by `curate.mixture`" in card and "| chase |" in card
+    assert result.metrics["mixture"]["chase"]["share"] == 0.3
+
+
+@pytest.mark.parametrize("mixture,message", [
+    ({"news": 0.5, "extra": 0.5, "chase": 0.0}, r"'curate\.mixture\.sum' is missing"),
+    ({"news": 0.5, "extra": 0.5, "chase": 0.0, "sum": 0.0, "typo": 0.0},
+     r"'curate\.mixture' has unknown key\(s\) typo"),
+    ({"news": 0.5, "extra": 0.5, "chase": 0.5, "sum": 0.0}, "shares must sum to 1, got 1.5"),
+    ({"news": 1.5, "extra": -0.5, "chase": 0.0, "sum": 0.0},
+     r"'curate\.mixture\.news' must be a number in \[0\.0, 1\.0\]"),
+    ([0.5, 0.5], "'curate.mixture' must be a mapping"),
+])
+def test_bad_mixtures_name_the_key(curated: Path, mixture: Any, message: str) -> None:
+    raw = json.loads((curated / "raw.json").read_text())
+    raw["mixture"] = mixture
+    with pytest.raises(ParamsError, match=message):
+        parse_config(raw)
 
 
 def test_rerun_is_byte_identical(curated: Path, tmp_path: Path) -> None:

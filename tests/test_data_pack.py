@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from millennial.base import byte_level_tokenizer
 from millennial.data import DataError, Record, task_record
-from millennial.data.pack import BlockPacker, Encoded, encode_records, load_tokenizer
+from millennial.data.pack import Block, BlockPacker, Encoded, encode_records, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,10 @@ def test_task_mask_scores_answer_and_eos_only(tokenizer: PreTrainedTokenizerBase
 
 def test_packer_cuts_exact_blocks_in_order_and_pads_the_last() -> None:
     packer = BlockPacker(block_size=4, pad_id=99)
-    blocks = list(packer.add(Encoded([1, 2, 3], [0, 1, 1])))
+    blocks = list(packer.add(Encoded([1, 2, 3], [0, 1, 1]), weight=2.0))
     assert blocks == []
-    blocks = list(packer.add(Encoded([4, 5, 6, 7, 8, 9, 10], [1] * 7)))
-    assert blocks == [([1, 2, 3, 4], [0, 1, 1, 1]), ([5, 6, 7, 8], [1, 1, 1, 1])]
-    assert packer.finish() == ([9, 10, 99, 99], [1, 1, 0, 0])
+    blocks = list(packer.add(Encoded([4, 5, 6, 7, 8, 9, 10], [1] * 7), weight=0.5))
+    assert blocks == [Block([1, 2, 3, 4], [0, 1, 1, 1], [0.0, 2.0, 2.0, 0.5]),
+                      Block([5, 6, 7, 8], [1, 1, 1, 1], [0.5] * 4)]
+    assert packer.finish() == Block([9, 10, 99, 99], [1, 1, 0, 0], [0.5, 0.5, 0.0, 0.0])
     assert packer.finish() is None

@@ -20,11 +20,13 @@ import yaml
 from safetensors.torch import load_file
 
 from millennial.base import prepare_base
+from millennial.data import Record, task_record
+from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
+from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
+from millennial.heldout import as_record
 from millennial.hybrid import TRMConfig, load_trm
 from millennial.train.arms import (
-    LoraSettings,
     Paths,
-    Phase2Config,
     load_base,
     load_hybrid,
     run_lora,
@@ -34,55 +36,84 @@ from millennial.train.arms import (
 from millennial.train.config import TrainConfig
 from millennial.train.data import global_batch_indices, micro_batches
 from millennial.train.loop import NonFiniteError
+from millennial.train.settings import LoraSettings, Phase1Settings, Phase2Config
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 32
 TRM = TRMConfig(injection_layers=[-1], hidden_size=32, num_heads=2, num_layers=1,
                 latent_steps=2, cycles=2, ffn_size=64)
-TRAIN = TrainConfig(seed=0, max_steps=20, batch_size=4, lr=2e-2, warmup_steps=2,
-                    checkpoint_every=10, keep_checkpoints=2, eval_batches=2)
+TRAIN = TrainConfig(seed=0, max_steps=20, batch_size=4, warmup_steps=2,
+                    checkpoint_every=10, keep_checkpoints=2, eval_examples=8)
+PHASE1 = Phase1Settings(lr=2e-2)
+LORA = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0, lr=3e-3)
 BASE_SPEC = {"source": "tiny-random", "tiny_random": {
     "architecture": "llama", "seed": 0, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
     "num_kv_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128}}
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def learnable_rows(rows: int, seed: int) -> pa.Table:
-    """Blocks of a counting pattern (next byte = previous + 1): trivially learnable.
-
-    Half are "task" blocks whose loss mask scores only the second half of the block.
-    """
+def learnable_documents(rows: int, seed: int, split: str) -> list[dict]:
+    """Runs of the alphabet (next byte = previous + 1): trivially learnable. Text rows are whole
+    runs; task rows ask for the next four letters of a run."""
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, 200, (rows,), generator=generator)
-    ids = [[int(s) + (i % 40) for i in range(BLOCK)] for s in starts]
-    kinds = ["task" if r % 2 else "text" for r in range(rows)]
-    masks = [[int(k == "text" or i >= BLOCK // 2) for i in range(BLOCK)] for k in kinds]
-    return pa.table({"input_ids": ids, "loss_mask": masks, "kind": kinds})
+    starts = torch.randint(0, 26, (rows,), generator=generator).tolist()
+    documents = []
+    for index, start in enumerate(starts):
+        run = "".join(LETTERS[(start + i) % 26] for i in range(24))
+        if index % 2:
+            record = task_record("next", f"{split}:{index}", run[:12], run[12:16], "next", 1)
+        else:
+            record = Record("letters", f"{split}:{index}", "text", run)
+        documents.append({"source": record.source, "kind": record.kind, "task": record.task,
+                          "difficulty": record.difficulty, "text": record.text,
+                          "prompt": record.prompt, "answer": record.answer,
+                          "content_hash": f"{seed}-{index:04d}", "split": split, "n_tokens": 0})
+    return documents
+
+
+def write_curated(root: Path, tokenizer_dir: Path) -> None:
+    """documents/val.parquet and packed/train.parquet, encoded and packed as curate does."""
+    tokenizer, info = load_tokenizer(tokenizer_dir)
+    curated = root / "data/curated"
+    (curated / "documents").mkdir(parents=True)
+    (curated / "packed").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(learnable_documents(16, 2, "val"),
+                                        schema=DOCUMENT_SCHEMA), curated / "documents/val.parquet")
+    train = learnable_documents(160, 1, "train")
+    records = [as_record(row) for row in train]
+    packer = BlockPacker(BLOCK, info.pad_token_id)
+    blocks = [block for encoded in encode_records(records, tokenizer, info.eos_token_id)
+              for block in packer.add(encoded)]
+    pq.write_table(pa.Table.from_pylist(
+        [{"input_ids": b.ids, "loss_mask": b.mask, "loss_weight": b.weights} for b in blocks],
+        schema=PACKED_SCHEMA), curated / "packed/train.parquet")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
     prepare_base(BASE_SPEC, root / "models/base")
-    packed = root / "data/curated/packed"
-    packed.mkdir(parents=True)
-    pq.write_table(learnable_rows(64, seed=1), packed / "train.parquet")
-    pq.write_table(learnable_rows(16, seed=2), packed / "val.parquet")
+    write_curated(root, root / "models/base")
     return root
 
 
 def paths(root: Path, name: str) -> Paths:
     return Paths(base=root / "models/base", train_data=root / "data/curated/packed/train.parquet",
-                 val_data=root / "data/curated/packed/val.parquet", out=root / "models" / name,
+                 documents=root / "data/curated/documents", out=root / "models" / name,
                  run=root / "runs" / name, live=root / "dvclive" / name)
 
 
 def test_phase1_lowers_held_out_loss_and_leaves_the_base_untouched(workspace: Path) -> None:
-    metrics = run_phase1(paths(workspace, "phase1"), TRM, TRAIN)
+    metrics = run_phase1(paths(workspace, "phase1"), TRM, PHASE1, TRAIN)
     # The tiny random base's 0.02-scale tied embeddings cap how sharp its logits can get, so
     # a real drop here is tenths of a nat; evaluation is deterministic, so any drop is signal.
     assert metrics["val_task_loss_after"] < metrics["val_task_loss_before"] - 0.2
-    assert metrics["val_loss_after"] < metrics["val_loss_before"]
+    assert metrics["val_text_loss_after"] < metrics["val_text_loss_before"]
+    by_source = metrics["val_loss_by_source"]
+    assert set(by_source["before"]) == set(by_source["after"]) == {"letters", "next"}
+    assert metrics["val_task_loss_after"] == by_source["after"]["next"]
     assert metrics["tokens"] == 20 * 4 * BLOCK
+    assert metrics["lr_groups"] == {"trm": 2e-2, "trm_out": 2e-2}
     base, _ = load_base(workspace / "models/base")
     load_trm(base, workspace / "models/phase1")  # strict: the base hash still matches
     assert (workspace / "dvclive/phase1/metrics.json").is_file()
@@ -102,7 +133,8 @@ def _stage_workspace(root: Path, workspace: Path, train: dict) -> Path:
     (root / "models").mkdir(parents=True)
     os.symlink(workspace / "models/base", root / "models/base")
     os.symlink(workspace / "data", root / "data")
-    params = {"trm": TRM.to_dict(), "train": {**TRAIN.__dict__, **train}}
+    params = {"trm": TRM.to_dict(), "train": {**TRAIN.__dict__, **train},
+              "phase1": {"lr": PHASE1.lr}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
@@ -145,7 +177,7 @@ def test_resumed_logs_are_the_checkpoints_even_if_the_kill_corrupted_them(
         tmp_path: Path, workspace: Path) -> None:
     target = replace(paths(workspace, "logs"), run=tmp_path / "run", live=tmp_path / "live")
     config = replace(TRAIN, max_steps=4, checkpoint_every=2)
-    run_phase1(target, TRM, config)
+    run_phase1(target, TRM, PHASE1, config)
     straight = (target.live / "plots/metrics/loss.tsv").read_text()
     assert len(straight.splitlines()) == 1 + 4
     # A kill after step 3 and while dvclive rewrote its summary: the step-4 checkpoint is
@@ -154,7 +186,7 @@ def test_resumed_logs_are_the_checkpoints_even_if_the_kill_corrupted_them(
     half_written = tmp_path / "run/checkpoints/.step-000004.tmp-x1y2"
     half_written.mkdir()
     (target.live / "metrics.json").write_text('{"loss": ')
-    assert run_phase1(target, TRM, config)["resumed_from_step"] == 2
+    assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 2
     assert not half_written.exists()
     assert (target.live / "plots/metrics/loss.tsv").read_text() == straight
     assert json.loads((target.live / "metrics.json").read_text())["step"] == 3
@@ -163,21 +195,21 @@ def test_resumed_logs_are_the_checkpoints_even_if_the_kill_corrupted_them(
 def test_changed_params_train_afresh_instead_of_resuming(workspace: Path) -> None:
     config = replace(TRAIN, max_steps=2, checkpoint_every=1)
     target = paths(workspace, "identity")
-    assert run_phase1(target, TRM, config)["resumed_from_step"] == 0
-    assert run_phase1(target, TRM, config)["resumed_from_step"] == 2  # same run: nothing to do
-    deeper = run_phase1(target, replace(TRM, cycles=3), config)  # same shapes, other run
+    assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 0
+    assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 2  # same run: nothing to do
+    deeper = run_phase1(target, replace(TRM, cycles=3), PHASE1, config)  # same shapes, other run
     assert deeper["resumed_from_step"] == 0 and deeper["steps"] == 2
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, workspace: Path) -> None:
     target = replace(paths(workspace, "nonfinite"), run=tmp_path / "run", out=tmp_path / "out")
-    run_phase1(target, TRM, replace(TRAIN, max_steps=2, checkpoint_every=1))
+    run_phase1(target, TRM, PHASE1, replace(TRAIN, max_steps=2, checkpoint_every=1))
     saved = (target.out / "trm.safetensors").read_bytes()
     # Warmup gives step 0 a zero learning rate; step 1's absurd one overflows the TRM weights,
     # so step 2's forward pass is no longer finite, as a diverging run's would be.
-    diverging = replace(TRAIN, lr=1e38, max_steps=4, warmup_steps=2, checkpoint_every=1)
+    diverging = replace(TRAIN, max_steps=4, warmup_steps=2, checkpoint_every=1)
     with pytest.raises(NonFiniteError, match="step 2: loss is nan; last good checkpoint kept"):
-        run_phase1(target, TRM, diverging)
+        run_phase1(target, TRM, Phase1Settings(lr=1e38), diverging)
     assert [p.name for p in sorted(target.run.glob("checkpoints/step-*"))] == [
         "step-000001", "step-000002"]
     assert (target.out / "trm.safetensors").read_bytes() == saved
@@ -190,13 +222,15 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, workspace: Path) ->
         "from millennial.hybrid import TRMConfig\n"
         "from millennial.train.arms import Paths, run_phase1\n"
         "from millennial.train.config import TrainConfig\n"
+        "from millennial.train.settings import Phase1Settings\n"
         "root, out, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])\n"
         f"trm = TRMConfig.from_json({TRM.to_json()!r})\n"
-        "train = TrainConfig(seed=0, max_steps=4, batch_size=batch, lr=3e-3, warmup_steps=1,\n"
-        "                    checkpoint_every=10, eval_batches=1)\n"
-        "packed = root / 'data/curated/packed'\n"
-        "run_phase1(Paths(root / 'models/base', packed / 'train.parquet',\n"
-        "                 packed / 'val.parquet', out, out.with_suffix('.run')), trm, train)\n"
+        "train = TrainConfig(seed=0, max_steps=4, batch_size=batch, warmup_steps=1,\n"
+        "                    checkpoint_every=10, eval_examples=2)\n"
+        "curated = root / 'data/curated'\n"
+        "run_phase1(Paths(root / 'models/base', curated / 'packed/train.parquet',\n"
+        "                 curated / 'documents', out, out.with_suffix('.run')), trm,\n"
+        "           Phase1Settings(lr=3e-3), train)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -215,7 +249,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, workspace: Path) ->
 
 def test_phase2_changes_the_base_with_its_own_learning_rates(workspace: Path) -> None:
     first = paths(workspace, "phase1-for-2")
-    run_phase1(first, TRM, replace(TRAIN, max_steps=3))
+    run_phase1(first, TRM, PHASE1, replace(TRAIN, max_steps=3))
     phase2 = Phase2Config(enabled=True, max_steps=3, lr_base=1e-3, lr_trm=2e-3,
                           trainable=("layers.1",))
     metrics = run_phase2(paths(workspace, "phase2"), first.out, phase2, TRAIN)
@@ -235,20 +269,25 @@ def test_phase2_params_are_checked() -> None:
     assert Phase2Config.from_params(good).trainable == ("all",)
     with pytest.raises(ParamsError, match="trainable"):
         Phase2Config.from_params({**good, "trainable": 3})
-    with pytest.raises(ParamsError, match="expected keys"):
+    with pytest.raises(ParamsError, match=r"'phase2' has unknown key\(s\) typo"):
         Phase2Config.from_params({**good, "typo": 1})
+    with pytest.raises(ParamsError, match=r"'phase2\.max_steps' must be an integer, got 2\.7"):
+        Phase2Config.from_params({**good, "max_steps": 2.7})
+    with pytest.raises(ParamsError, match=r"'phase2\.lr_trm' must be a finite number > 0"):
+        Phase2Config.from_params({**good, "lr_trm": True})
 
 
 def test_lora_baseline_matches_the_trm_size(workspace: Path) -> None:
-    settings = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0, lr=3e-3)
+    settings = replace(LORA, b_lr_multiplier=4.0)
     metrics = run_lora(paths(workspace, "lora"), TRM, settings, replace(TRAIN, max_steps=3))
+    assert metrics["lr_groups"] == {"lora": 3e-3, "lora_out": 1.2e-2}  # LoRA+: B at 4x
     target = metrics["trm_trainable_params"]
     assert abs(metrics["trainable_params"] - target) <= 0.1 * target
     assert (workspace / "models/lora/adapter_config.json").is_file()
 
 
 def test_lora_baseline_is_reproducible(tmp_path: Path, workspace: Path) -> None:
-    settings = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0, lr=3e-3)
+    settings = LORA
     runs = [replace(paths(workspace, "lora-seeded"), out=tmp_path / name,
                     run=tmp_path / f"{name}.run") for name in ("first", "second")]
     torch.manual_seed(123)  # whatever ran before must not matter
@@ -266,8 +305,14 @@ def test_lora_baseline_is_reproducible(tmp_path: Path, workspace: Path) -> None:
 def test_train_config_errors_name_the_key() -> None:
     from millennial.params import ParamsError
 
-    with pytest.raises(ParamsError, match=r"train\.lr"):
-        TrainConfig.from_params({"lr": "fast"})
+    with pytest.raises(ParamsError, match=r"train\.max_grad_norm"):
+        TrainConfig.from_params({"max_grad_norm": "fast"})
+    with pytest.raises(ParamsError, match=r"train\.max_grad_norm must be a finite number"):
+        TrainConfig.from_params({"max_grad_norm": float("nan")})
+    with pytest.raises(ParamsError, match=r"train\.ema_decay must be in \[0, 1\)"):
+        TrainConfig.from_params({"ema_decay": 1.0})
+    with pytest.raises(ParamsError, match="unknown key"):
+        TrainConfig.from_params({"lr": 3e-3})  # each arm has its own learning rate
     with pytest.raises(ParamsError, match="max_steps"):
         TrainConfig.from_params({"max_steps": 0})
     with pytest.raises(ParamsError, match="unknown key"):

@@ -58,3 +58,20 @@ def _umask() -> int:
 def write_json(path: str | Path, data: Any) -> None:
     """Atomically write `data` as indented, key-sorted JSON (stable diffs for DVC metrics)."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet(path: str | Path, table: Any) -> None:
+    """Atomically write a pyarrow Table as Parquet (temp file in the same folder, then rename)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -7,6 +7,7 @@ and `Options`, which reads a params section and names the exact key in every err
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,21 @@ class Options:
         ):
             raise self.error(name, f"must be a number in [{low}, {high}], got {value!r}")
         return float(value)
+
+    def positive(self, name: str, default: Any = _MISSING) -> float:
+        """A finite number > 0 (learning rates, multipliers): NaN and inf are refused."""
+        value = self.get(name, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not (
+            math.isfinite(value) and value > 0
+        ):
+            raise self.error(name, f"must be a finite number > 0, got {value!r}")
+        return float(value)
+
+    def flag(self, name: str, default: Any = _MISSING) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {value!r}")
+        return value
 
     def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
         value = self.get(name, default)

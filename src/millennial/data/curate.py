@@ -2,24 +2,32 @@
 write `data/curated/` in one atomic step, plus `metrics/data.json` and the data card.
 
 Memory stays bounded by one batch of records, one Parquet row group per output file, the
-unfinished block of each packer and the dedup state (digests and LSH band hashes, see
+unfinished block of the packer and the dedup state (digests and LSH band hashes, see
 `millennial.data.dedup`): a million documents are never held at once. On any error nothing is
 written and the previous `data/curated/` stays as it was.
+
+Packing is interleaved: the tokenized training records of each source are spooled to a
+temporary file, then drawn one at a time from a seeded random source (weighted by what each has
+left, so every interleaving is equally likely) into one stream cut into blocks. A task example
+is therefore preceded by whatever came before it (news, other tasks), as it is preceded by
+nothing at evaluation, never by a run of same-task neighbours that would act as a few-shot
+prompt. Each scored token carries its source's loss weight (`millennial.data.mixture`).
 
 Outputs (all Parquet, snappy):
 - `documents/<split>.parquet` for train, val, test, test_ood: one row per kept record
   (schema `DOCUMENT_SCHEMA`; `n_tokens` counts the record's tokens plus its EOS).
-- `packed/<split>.parquet` for train and val: `input_ids` and `loss_mask` of exactly
-  `block_size` tokens, and the `kind` of the records in the block (kinds are packed apart, so
-  training can choose the mixture).
-- `manifest.json`: block size, tokenizer identity, seed, counts per split, sources.
+- `packed/train.parquet`: `input_ids`, `loss_mask` and `loss_weight` of exactly `block_size`
+  tokens.
+- `manifest.json`: block size, tokenizer identity, seed, counts per split, sources, mixture.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import shutil
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,7 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from millennial.atomic import atomic_dir, write_json, write_text
-from millennial.data import TASK_KIND, TEXT_KIND, DataError, Options, Record
+from millennial.data import TASK_KIND, DataError, Options, Record
 from millennial.data.clean import PII_PATTERNS, FilterConfig, clean
 from millennial.data.dedup import (
     NEAR_DUPLICATE_ACTIONS,
@@ -38,7 +46,15 @@ from millennial.data.dedup import (
     NearDuplicates,
     content_hash,
 )
-from millennial.data.pack import BlockPacker, TokenizerInfo, encode_records, load_tokenizer
+from millennial.data.mixture import MixtureRow, mixture_rows, parse_mixture
+from millennial.data.pack import (
+    Block,
+    BlockPacker,
+    Encoded,
+    TokenizerInfo,
+    encode_records,
+    load_tokenizer,
+)
 from millennial.data.sources import (
     ON_ERROR,
     ErrorPolicy,
@@ -80,8 +96,13 @@ DOCUMENT_SCHEMA = pa.schema([
 PACKED_SCHEMA = pa.schema([
     pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
     pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
+    pa.field("loss_weight", pa.list_(pa.float32()), nullable=False),
 ])
+SPOOL_SCHEMA = pa.schema([  # one tokenized training record, before interleaving
+    pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+    pa.field("loss_mask", pa.list_(pa.int8()), nullable=False),
+])
+SPOOL_DIR = ".spool"  # inside the temporary output directory, removed before it is renamed
 
 
 @dataclass(frozen=True)
@@ -96,13 +117,14 @@ class CurateConfig:
     minhash: MinHashConfig
     split: SplitFractions
     sources: tuple[SourceSpec, ...]
+    mixture: dict[str, float] | None = None  # loss share per source; None = natural shares
 
 
 def parse_config(raw: Any, where: str | Path = "params.yaml") -> CurateConfig:
     """Validate the `curate` section; every error names the file and the full key."""
     options = Options(raw, "curate", where)
     options.only("tokenizer_dir", "block_size", "seed", "on_error", "filter", "minhash", "split",
-                 "sources")
+                 "sources", "mixture")
     filters = options.child("filter")
     filters.only("min_chars", "max_chars", "max_junk_ratio")
     filter_config = FilterConfig(
@@ -145,6 +167,7 @@ def parse_config(raw: Any, where: str | Path = "params.yaml") -> CurateConfig:
         minhash=minhash_config,
         split=split,
         sources=sources,
+        mixture=parse_mixture(options, names),
     )
 
 
@@ -170,8 +193,11 @@ class _ParquetSink:
             self._columns = {name: [] for name in self.schema.names}
 
     def close(self) -> None:
-        self.flush()
-        self._writer.close()  # a split with no rows still gets a valid, empty file
+        """Write what is buffered and close (once; a split with no rows still gets a valid,
+        empty file)."""
+        if self._writer.is_open:
+            self.flush()
+            self._writer.close()
 
 
 @dataclass
@@ -183,13 +209,16 @@ class Stats:
     tokens: Counter[tuple[str, str]]
     drops: Counter[tuple[str, str]]
     pii: Counter[tuple[str, str]]
-    blocks: Counter[tuple[str, str]]
+    scored: Counter[tuple[str, str]]  # loss-scored tokens
+    blocks: Counter[str]  # packed blocks per split
     difficulty: dict[tuple[str, str], tuple[int, int]]
     skipped_examples: list[str]
+    mixture: list[MixtureRow]
 
     @classmethod
     def empty(cls) -> Stats:
-        return cls(Counter(), Counter(), Counter(), Counter(), Counter(), Counter(), {}, [])
+        return cls(Counter(), Counter(), Counter(), Counter(), Counter(), Counter(), Counter(),
+                   {}, [], [])
 
     def kept(self, source: str) -> int:
         return sum(n for (name, _), n in self.documents.items() if name == source)
@@ -203,10 +232,11 @@ class Stats:
 
 
 class _Curation:
-    """One run's streaming state: dedup indexes, writers, packers, the pending batch."""
+    """One run's streaming state: dedup indexes, writers, spools, the pending batch."""
 
     def __init__(self, config: CurateConfig, tokenizer: PreTrainedTokenizerBase,
                  info: TokenizerInfo, out_dir: Path) -> None:
+        self.out_dir = out_dir
         self.config = config
         self.tokenizer = tokenizer
         self.info = info
@@ -219,8 +249,9 @@ class _Curation:
         self.packed = {split: _ParquetSink(out_dir / "packed" / f"{split}.parquet",
                                            PACKED_SCHEMA, BLOCKS_PER_GROUP)
                        for split in PACKED_SPLITS}
-        self.packers = {(split, kind): BlockPacker(config.block_size, info.pad_token_id)
-                        for split in PACKED_SPLITS for kind in (TEXT_KIND, TASK_KIND)}
+        self.spools = {(split, spec.name): _ParquetSink(self._spool_path(split, spec.name),
+                                                         SPOOL_SCHEMA, BATCH_RECORDS)
+                       for split in PACKED_SPLITS for spec in config.sources}
         self.batch: list[tuple[Record, str, str]] = []
 
     def consume(self, spec: SourceSpec) -> None:
@@ -285,26 +316,62 @@ class _Curation:
             })
             self.stats.tokens[(record.source, split)] += len(tokens.ids)
             if split in self.packed:
-                for ids, mask in self.packers[(split, record.kind)].add(tokens):
-                    self._write_block(split, record.kind, ids, mask)
+                self.stats.scored[(record.source, split)] += sum(tokens.mask)
+                self.spools[(split, record.source)].append(
+                    {"input_ids": tokens.ids, "loss_mask": tokens.mask})
         self.batch.clear()
 
-    def _write_block(self, split: str, kind: str, ids: list[int], mask: list[int]) -> None:
-        self.packed[split].append({"input_ids": ids, "loss_mask": mask, "kind": kind})
-        self.stats.blocks[(split, kind)] += 1
+    def _spool_path(self, split: str, source: str) -> Path:
+        return self.out_dir / SPOOL_DIR / split / f"{source}.parquet"
+
+    def _write_block(self, split: str, block: Block) -> None:
+        self.packed[split].append({"input_ids": block.ids, "loss_mask": block.mask,
+                                   "loss_weight": block.weights})
+        self.stats.blocks[split] += 1
 
     def finish(self) -> None:
-        """Write the last batch and every packer's padded last block."""
+        """Write the last batch, weigh the sources, and pack each split's interleaved stream."""
         self.flush()
-        for (split, kind), packer in self.packers.items():
-            block = packer.finish()
-            if block is not None:
-                self._write_block(split, kind, *block)
+        for sink in self.spools.values():
+            sink.close()
+        names = [spec.name for spec in self.config.sources]
+        self.stats.mixture = mixture_rows(
+            self.config.mixture, {name: self.stats.scored[(name, "train")] for name in names})
+        weights = {row.source: row.loss_weight for row in self.stats.mixture}
+        for split in PACKED_SPLITS:
+            packer = BlockPacker(self.config.block_size, self.info.pad_token_id)
+            for source, encoded in self._interleaved(split, names):
+                for block in packer.add(encoded, weights[source]):
+                    self._write_block(split, block)
+            last = packer.finish()
+            if last is not None:
+                self._write_block(split, last)
+        shutil.rmtree(self.out_dir / SPOOL_DIR)
         self.stats.skipped_examples = list(self.policy.examples)
 
+    def _interleaved(self, split: str, names: list[str]) -> Iterator[tuple[str, Encoded]]:
+        """Every spooled record of `split`, sources drawn at random in proportion to what each
+        has left (seeded), each source's records in their own order."""
+        left = {name: self.stats.documents[(name, split)] for name in names}
+        readers = {name: _spooled(self._spool_path(split, name)) for name in names}
+        rng = random.Random(self.config.seed)
+        while any(left.values()):
+            live = [name for name in names if left[name]]
+            source = rng.choices(live, weights=[left[name] for name in live])[0]
+            left[source] -= 1
+            yield source, next(readers[source])
+
     def close_files(self) -> None:
-        for sink in (*self.documents.values(), *self.packed.values()):
+        for sink in (*self.documents.values(), *self.packed.values(), *self.spools.values()):
             sink.close()
+
+
+def _spooled(path: Path) -> Iterator[Encoded]:
+    """The records of one spool file, read one row group at a time."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_RECORDS):
+        for ids, mask in zip(batch.column("input_ids").to_pylist(),
+                             batch.column("loss_mask").to_pylist(), strict=True):
+            yield Encoded(ids, mask)
 
 
 def _by_split(counter: Counter[tuple[str, str]]) -> dict[str, int]:
@@ -348,8 +415,9 @@ def build_metrics(stats: Stats) -> dict[str, Any]:
         "documents": {**documents, "total": sum(documents.values()),
                       "by_source": _nested(stats.documents)},
         "tokens": {**tokens, "total": sum(tokens.values()), "by_source": _nested(stats.tokens)},
-        "blocks": {split: sum(n for (s, _), n in stats.blocks.items() if s == split)
-                   for split in PACKED_SPLITS},
+        "blocks": {split: stats.blocks[split] for split in PACKED_SPLITS},
+        "mixture": {row.source: {"share": row.share, "natural_share": row.natural_share,
+                                 "loss_weight": row.loss_weight} for row in stats.mixture},
         "drops": {**dict(sorted(drops_by_reason.items())), "total": sum(drops_by_reason.values()),
                   "by_source": _nested(stats.drops)},
         "pii": {**dict(sorted(pii.items())), "total": sum(pii.values()),
@@ -365,12 +433,14 @@ def build_manifest(config: CurateConfig, info: TokenizerInfo, stats: Stats) -> d
         "tokenizer": asdict(info),
         "loss_mask": "1 = scored target token: all tokens of text documents, the answer and "
                      "its EOS of task examples; 0 = task prompt or padding",
+        "loss_weight": "each scored token's weight in the training loss: its source's "
+                       "mixture share x all scored tokens / the source's scored tokens",
         "splits": {split: {"documents": documents[split], "tokens": tokens[split],
-                           **({"blocks": {kind: stats.blocks[(split, kind)]
-                                          for kind in (TEXT_KIND, TASK_KIND)}}
-                              if split in PACKED_SPLITS else {})}
+                           **({"blocks": stats.blocks[split]} if split in PACKED_SPLITS else {})}
                    for split in SPLITS},
         "sources": [source_provenance(spec) for spec in config.sources],
+        "mixture": {"set": config.mixture is not None,
+                    "sources": [asdict(row) for row in stats.mixture]},
     }
 
 
@@ -415,8 +485,8 @@ def render_card(config: CurateConfig, manifest: Mapping[str, Any], metrics: Mapp
         "",
         f"- {metrics['documents']['total']} documents and examples, "
         f"{metrics['tokens']['total']} tokens (each record's tokens plus its EOS).",
-        f"- Packed into blocks of {config.block_size} tokens: train "
-        f"{metrics['blocks']['train']}, val {metrics['blocks']['val']}.",
+        f"- Training records interleaved across sources (seeded) and packed into "
+        f"{metrics['blocks']['train']} blocks of {config.block_size} tokens.",
         f"- Tokenizer `{tokenizer['name_or_path']}`: {tokenizer['vocab_size']} tokens, "
         f"tokenizer.json sha256 `{tokenizer['tokenizer_json_sha256'][:16]}...`.",
         f"- Seed {config.seed}; split fractions train {config.split.train}, val "
@@ -433,10 +503,19 @@ def render_card(config: CurateConfig, manifest: Mapping[str, Any], metrics: Mapp
         for entry in manifest["sources"]
     ])
     lines += ["", "## Splits", ""]
-    lines += _table(["split", "documents", "tokens", "blocks (text / task)"], [
-        [split, info["documents"], info["tokens"],
-         " / ".join(str(n) for n in info["blocks"].values()) if "blocks" in info else "-"]
+    lines += _table(["split", "documents", "tokens", "blocks"], [
+        [split, info["documents"], info["tokens"], info.get("blocks", "-")]
         for split, info in splits.items()
+    ])
+    how = ("set by `curate.mixture`" if config.mixture is not None else
+           "natural (`curate.mixture: null`: every scored token weighs the same)")
+    lines += ["", "## Training mixture", "",
+              f"Each source's share of the training loss, {how}. Natural share: its share of "
+              "the loss-scored training tokens; loss weight: what each of its scored tokens "
+              "weighs so that the shares hold.", ""]
+    lines += _table(["source", "scored train tokens", "natural share", "share", "loss weight"], [
+        [row.source, row.scored_tokens, f"{row.natural_share:.3f}", f"{row.share:.3f}",
+         f"{row.loss_weight:.3f}"] for row in stats.mixture
     ])
     if stats.difficulty:
         lines += ["", "## Reasoning tasks", "",

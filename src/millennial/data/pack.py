@@ -1,12 +1,12 @@
 """Tokenize with the base model's own tokenizer and pack into fixed-length training blocks.
 
 Every document is followed by EOS and documents run on from one block into the next, so no
-token is wasted on padding except in the last block of each (split, kind) stream, which is
-padded with the pad token under loss mask 0. The loss mask says which target tokens training
-scores: all of a text document (EOS included); of a task example only the answer and the EOS
-after it, never the prompt. Prompt and answer are encoded separately (the answer with its
-leading separator), which is exactly how evaluation will see them: prompt encoded, answer
-generated.
+token is wasted on padding except in the last block of each split, which is padded with the pad
+token under loss mask 0. The loss mask says which target tokens training scores: all of a text
+document (EOS included); of a task example only the answer and the EOS after it, never the
+prompt. Each scored token also carries its source's loss weight (the training mixture). Prompt
+and answer are encoded separately (the answer with its leading separator), which is exactly how
+evaluation will see them: prompt encoded, answer generated.
 """
 
 from __future__ import annotations
@@ -95,7 +95,13 @@ def encode_records(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase
     return encoded
 
 
-Block = tuple[list[int], list[int]]
+@dataclass(frozen=True)
+class Block:
+    """One packed training row: tokens, loss mask, and each token's loss weight (0 unscored)."""
+
+    ids: list[int]
+    mask: list[int]
+    weights: list[float]
 
 
 class BlockPacker:
@@ -106,22 +112,26 @@ class BlockPacker:
         self.pad_id = pad_id
         self._ids: list[int] = []
         self._mask: list[int] = []
+        self._weights: list[float] = []
 
-    def add(self, encoded: Encoded) -> Iterator[Block]:
-        """Buffer one record; yield every block it completes."""
+    def add(self, encoded: Encoded, weight: float = 1.0) -> Iterator[Block]:
+        """Buffer one record (its scored tokens weigh `weight`); yield every block it completes."""
         self._ids.extend(encoded.ids)
         self._mask.extend(encoded.mask)
+        self._weights.extend(weight if scored else 0.0 for scored in encoded.mask)
         size = self.block_size
         full = len(self._ids) // size * size
         for start in range(0, full, size):
-            yield self._ids[start : start + size], self._mask[start : start + size]
-        del self._ids[:full], self._mask[:full]
+            end = start + size
+            yield Block(self._ids[start:end], self._mask[start:end], self._weights[start:end])
+        del self._ids[:full], self._mask[:full], self._weights[:full]
 
     def finish(self) -> Block | None:
         """The padded last block (pad tokens carry loss mask 0), or None if nothing is left."""
         if not self._ids:
             return None
         padding = self.block_size - len(self._ids)
-        block = self._ids + [self.pad_id] * padding, self._mask + [0] * padding
-        self._ids, self._mask = [], []
+        block = Block(self._ids + [self.pad_id] * padding, self._mask + [0] * padding,
+                      self._weights + [0.0] * padding)
+        self._ids, self._mask, self._weights = [], [], []
         return block

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 HASH_SPLITS = ("train", "val", "test")
 OOD_SPLIT = "test_ood"
 SPLITS = (*HASH_SPLITS, OOD_SPLIT)
-PACKED_SPLITS = ("train", "val")
-"""Only these are packed into blocks; evaluation reads prompts and answers from documents."""
+PACKED_SPLITS = ("train",)
+"""Only training is packed into blocks; held-out losses and evaluation read documents, one
+record at a time, as a user would prompt the model."""
 
 
 @dataclass(frozen=True)

@@ -1,50 +1,54 @@
-"""Evaluation: was the injection worth it? Base vs TRM (phase 1, phase 2) vs LoRA.
+"""Evaluation: was the injection worth it? Base vs TRM (phase 1, phase 2) vs LoRA vs LLaMA Pro.
 
-Every arm answers the same held-out examples with greedy decoding; accuracy carries a Wilson
-interval, perplexity measures what general text the model kept, a recursion sweep varies the
-TRM's test-time depth, and training cost turns accuracy gained into accuracy per dollar.
+Each arm is scored on its own (`evaluate_arm`, one DVC stage per arm, so a new TRM variant
+re-scores only itself): every arm answers the same held-out examples, a hundred per (task,
+split), with greedy decoding, and its per-example results are kept. `compare` then sets the arms
+side by side: accuracy with Wilson intervals, the answer loss per task (the headline is the mean
+over tasks), perplexity on general text (what the base kept), a recursion sweep of the TRM's
+test-time depth, training cost, and each difference against the TRM with a paired interval.
 
-`run_evaluation` does the work and returns plain JSON-able data; `millennial.evaluate.report`
-renders it; `stages/evaluate.py` wires both to files.
+`millennial.evaluate.report` renders the comparison; the `evaluate_<arm>` and `evaluate` stages
+wire both to files.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-import time
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from millennial.atomic import write_json, write_parquet
 from millennial.cost.planner import forward_flops_per_token, model_shape
-from millennial.data import DataError, Options
+from millennial.data import TEXT_KIND, DataError, Options
 from millennial.data.pack import Encoded
-from millennial.evaluate.arms import Arm, ArmPaths, iter_arms, training_record
+from millennial.evaluate.arms import ARMS, RECURSIVE_ARMS, ArmPaths, load_arm
 from millennial.evaluate.metrics import (
     TaskExample,
-    answer_tokens,
+    answer_ids,
     encode_prompts,
-    encode_scored,
     measure_speed,
-    pad_batch,
     perplexity,
-    read_split,
+    score_examples,
     select_examples,
-    select_texts,
-    task_accuracy,
 )
-from millennial.evaluate.stats import Proportion, gain_per_usd, pooled
+from millennial.evaluate.stats import Proportion, gain_per_usd, paired_difference, pooled
 from millennial.evaluate.sweep import sweep_points, sweep_row
+from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
 from millennial.hybrid.injection import recursion_depth, trm_blocks
 from millennial.params import ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")
-HELD_OUT = "test"  # general-text perplexity and in-distribution task perplexity use this split
+HELD_OUT = "test"  # general-text perplexity uses this split
 log = logging.getLogger(__name__)
 FLOPS_METHOD = ("the planner's forward FLOPs per token (base matmuls, LM head, attention over the "
                 "mean sequence length, every TRM call at the depth run) x tokens processed")
@@ -64,8 +68,8 @@ class EvalConfig:
 
     seed: int = 0
     splits: tuple[str, ...] = ("test", "test_ood")
-    max_examples: int = 24  # per (task, split)
-    max_new_tokens: int = 24
+    max_examples: int = 100  # per (task, split)
+    max_new_tokens: int = 24  # the cap; each (task, split) decodes what its answers need
     batch_size: int = 64  # decoding is memory-bound on CPUs: wide batches are nearly free
     text_docs: int = 16  # held-out general-text documents for perplexity
     max_length: int = 128  # tokens per perplexity sequence
@@ -135,7 +139,6 @@ def _positive_ints(options: Options, name: str, default: tuple[int, ...]) -> tup
 class EvalPaths:
     arms: ArmPaths
     documents: Path  # data/curated/documents
-    metrics: Path  # metrics/: training records and metrics/cost/<stage>.json are read here
 
 
 @dataclass(frozen=True)
@@ -143,11 +146,8 @@ class EvalData:
     """Everything the arms are scored on, selected and tokenized once."""
 
     examples: list[TaskExample]
-    prompts: list[list[int]]
     sweep_examples: list[TaskExample]
-    sweep_prompts: list[list[int]]
     text: list[Encoded]  # held-out general text, every token scored
-    task_text: list[Encoded]  # in-distribution task examples, answer and EOS scored
     speed_prompt: list[int]
     eos_id: int
     pad_id: int
@@ -163,7 +163,7 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
                                config.max_examples)
     if not examples:
         raise DataError(f"{documents}: no task rows in splits {list(config.splits)}")
-    longest = max(answer_tokens(examples, tokenizer))
+    longest = max(len(ids) + 1 for ids in answer_ids(examples, tokenizer))
     if longest > config.max_new_tokens:
         raise ParamsError(f"params.yaml: 'evaluate.max_new_tokens' is {config.max_new_tokens} "
                           f"but an answer needs {longest} tokens (EOS included): raise it")
@@ -172,28 +172,24 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
         config.sweep.max_examples)
     if not sweep_examples:
         raise DataError(f"{documents}: no task rows in sweep splits {list(config.sweep.splits)}")
-    texts = select_texts(rows[HELD_OUT], config.text_docs)
+    texts = first_by_hash(rows[HELD_OUT], lambda r: "text" if r["kind"] == TEXT_KIND else None,
+                          config.text_docs).get("text", [])
     if not texts:
         raise DataError(f"{documents}/{HELD_OUT}.parquet: no text rows for perplexity")
     eos = int(tokenizer.eos_token_id)
     pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos
-    text = encode_scored(texts, tokenizer, eos, config.max_length)
-    in_distribution = [e.record() for e in examples if e.split == HELD_OUT]
+    text = encode_scored([as_record(r) for r in texts], tokenizer, eos, config.max_length)
     stream = [token for sequence in text for token in sequence.ids]
-    prompts = encode_prompts([e.prompt for e in examples], tokenizer, eos)
-    sweep_prompts = encode_prompts([e.prompt for e in sweep_examples], tokenizer, eos)
-    task_text = encode_scored(in_distribution, tokenizer, eos, config.max_length)
     speed_prompt = stream[: config.speed_prompt_tokens]
-    lengths = [len(p) + config.max_new_tokens for p in (*prompts, *sweep_prompts)]
-    lengths += [len(s.ids) for s in (*text, *task_text)]
+    answers = answer_ids([*examples, *sweep_examples], tokenizer)
+    prompts = encode_prompts([e.prompt for e in (*examples, *sweep_examples)], tokenizer, eos)
+    lengths = [len(p) + len(a) + 1 for p, a in zip(prompts, answers, strict=True)]
+    lengths += [len(s.ids) for s in text]
     lengths.append(len(speed_prompt) + config.speed_new_tokens)
     return EvalData(
         examples=examples,
-        prompts=prompts,
         sweep_examples=sweep_examples,
-        sweep_prompts=sweep_prompts,
         text=text,
-        task_text=task_text,
         speed_prompt=speed_prompt,
         eos_id=eos,
         pad_id=pad,
@@ -201,168 +197,245 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
     )
 
 
+def flops_per_token(model: PreTrainedModel, context: int) -> float:
+    """Forward FLOPs per token as the planner counts them, at the depth the TRM blocks run now.
+
+    A merged LoRA costs what its base costs; an expanded base counts its added layers.
+    """
+    blocks = trm_blocks(model)
+    trm = blocks[0].config if blocks else None
+    return forward_flops_per_token(model_shape(model.config), context, trm).model
+
+
+EXAMPLE_SCHEMA = pa.schema([  # data/eval/<arm>.parquet: what each arm answered
+    pa.field("task", pa.string()), pa.field("split", pa.string()),
+    pa.field("difficulty", pa.int32()), pa.field("content_hash", pa.string()),
+    pa.field("answer", pa.string()), pa.field("prediction", pa.string()),
+    pa.field("exact", pa.bool_()), pa.field("prefix", pa.bool_()),
+    pa.field("first_token", pa.bool_()), pa.field("answer_loss", pa.float64()),
+])
+
+
 @dataclass(frozen=True)
-class Measured:
-    """What one arm scored (before comparison with the others)."""
+class ArmEvaluation:
+    """One arm's scores: the summary (`metrics/eval/<arm>.json`) and one row per example
+    (`data/eval/<arm>.parquet`), in the order of the examples."""
 
-    cells: dict[tuple[str, str], Proportion]
-    ppl_text: float
-    ppl_task: float | None
-    tokens_per_s: float
-    latency_ms: float
-    tokens: int  # tokens processed, for the cost meter
+    summary: dict[str, Any]
+    examples: list[dict[str, Any]]
 
 
-def measure_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                data: EvalData, config: EvalConfig) -> Measured:
-    began = time.perf_counter()
-    accuracy = task_accuracy(model, tokenizer, data.examples, data.prompts,
-                             max_new_tokens=config.max_new_tokens,
-                             batch_size=config.batch_size, pad_id=data.pad_id)
-    decoded = time.perf_counter()
-    ppl_text = perplexity(model, data.text, batch_size=config.ppl_batch_size,
-                          pad_id=data.pad_id)
-    ppl_task = (
-        perplexity(model, data.task_text, batch_size=config.ppl_batch_size, pad_id=data.pad_id)
-        if data.task_text else None
-    )
-    scored = time.perf_counter()
-    speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
-                          repeats=config.speed_repeats, eos_id=data.eos_id, pad_id=data.pad_id)
-    log.info("%s: accuracy %.3f (%.1f s), perplexity %.4g (%.1f s), %.3g ms/token (%.1f s)",
-             name, pooled(accuracy.cells.values()).rate, decoded - began, ppl_text,
-             scored - decoded, speed.latency_ms, time.perf_counter() - scored)
-    tokens = (accuracy.generated.prompt_tokens + accuracy.generated.generated_tokens
-              + sum(len(s.ids) for s in (*data.text, *data.task_text)) + speed.tokens)
-    return Measured(accuracy.cells, ppl_text, ppl_task, speed.tokens_per_s, speed.latency_ms,
-                    tokens)
+def _cell_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "n": len(rows),
+        "exact": Proportion(sum(r["exact"] for r in rows), len(rows)).to_dict(),
+        "prefix": Proportion(sum(r["prefix"] for r in rows), len(rows)).to_dict(),
+        "first_token": Proportion(sum(r["first_token"] for r in rows), len(rows)).to_dict(),
+        "answer_loss": statistics.fmean(r["answer_loss"] for r in rows),
+    }
 
 
-def sweep_arm(arm: Arm, tokenizer: PreTrainedTokenizerBase, data: EvalData,
-              config: EvalConfig) -> tuple[list[dict[str, Any]], int, float]:
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per (task, split) scores, the mean answer loss over tasks per split, pooled accuracy."""
+    cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        cells.setdefault(row["task"], {}).setdefault(row["split"], []).append(row)
+    tasks = {task: {split: _cell_summary(members) for split, members in sorted(splits.items())}
+             for task, splits in sorted(cells.items())}
+    splits = sorted({row["split"] for row in rows})
+    task_loss = {split: statistics.fmean(t[split]["answer_loss"] for t in tasks.values()
+                                         if split in t) for split in splits}
+    overall = {split: pooled(Proportion(t[split]["exact"]["correct"], t[split]["n"])
+                             for t in tasks.values() if split in t).to_dict() for split in splits}
+    overall["all"] = Proportion(sum(r["exact"] for r in rows), len(rows)).to_dict()
+    return {"tasks": tasks, "task_loss": task_loss, "overall": overall}
+
+
+def sweep_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+              data: EvalData, config: EvalConfig) -> tuple[list[dict[str, Any]], int, float]:
     """Accuracy and latency of a TRM arm at each test-time depth; rows, tokens and FLOPs."""
-    trained = arm.model.trm_config
+    trained = model.trm_config
     rows, tokens, flops = [], 0, 0.0
     for depth in sweep_points(trained, config.sweep.cycles, config.sweep.latent_steps):
-        with recursion_depth(arm.model, depth):
-            accuracy = task_accuracy(arm.model, tokenizer, data.sweep_examples,
-                                     data.sweep_prompts, max_new_tokens=config.max_new_tokens,
-                                     batch_size=config.batch_size, pad_id=data.pad_id)
-            speed = measure_speed(arm.model, data.speed_prompt,
-                                  new_tokens=config.speed_new_tokens,
+        with recursion_depth(model, depth):
+            scored = score_examples(model, tokenizer, data.sweep_examples,
+                                    max_new_tokens=config.max_new_tokens,
+                                    batch_size=config.batch_size, pad_id=data.pad_id)
+            speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
                                   repeats=config.speed_repeats, eos_id=data.eos_id,
                                   pad_id=data.pad_id)
-            per_token = flops_per_token(arm, data.context)
-        overall = pooled(accuracy.cells.values()).to_dict()
-        rows.append(sweep_row(arm.name, depth, trained, overall, speed.latency_ms))
-        log.info("%s sweep T=%d n=%d: accuracy %.3f, %.3g ms/token (%.1f s)", arm.name,
-                 depth.cycles, depth.latent_steps, overall["accuracy"], speed.latency_ms,
-                 accuracy.generated.seconds)
-        processed = (accuracy.generated.prompt_tokens + accuracy.generated.generated_tokens
+            per_token = flops_per_token(model, data.context)
+        accuracy = Proportion(sum(s.exact for s in scored.scores), len(scored.scores))
+        row = sweep_row(name, depth, trained, accuracy.to_dict(), speed.latency_ms)
+        row["answer_loss"] = statistics.fmean(s.answer_loss for s in scored.scores)
+        rows.append(row)
+        log.info("%s sweep T=%d n=%d: accuracy %.3f, %.3g ms/token (%.1f s)", name,
+                 depth.cycles, depth.latent_steps, accuracy.rate or 0.0, speed.latency_ms,
+                 scored.seconds)
+        processed = (scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
                      + speed.tokens)
         tokens += processed
         flops += processed * per_token
     return rows, tokens, flops
 
 
-def flops_per_token(arm: Arm, context: int) -> float:
-    """Forward FLOPs per token as the planner counts them, at the depth the TRM blocks run now.
-
-    The base arm runs no TRM call; the LoRA arm is merged into the base, so it costs the same.
-    """
-    blocks = [] if arm.trm_off else trm_blocks(arm.model)
-    trm = blocks[0].config if blocks else None
-    return forward_flops_per_token(model_shape(arm.model.config), context, trm).model
-
-
-def nested_cells(cells: dict[tuple[str, str], Proportion]) -> dict[str, dict[str, Any]]:
-    """{task: {split: {accuracy, low, high, n, correct}}}: flat enough for `dvc metrics show`."""
-    tasks: dict[str, dict[str, Any]] = {}
-    for (task, split), proportion in sorted(cells.items()):
-        tasks.setdefault(task, {})[split] = proportion.to_dict()
-    return tasks
-
-
-def overall(cells: dict[tuple[str, str], Proportion]) -> dict[str, Any]:
-    """Pooled accuracy per split and over everything ("all": the headline number)."""
-    splits = sorted({split for _, split in cells})
-    result = {split: pooled(p for (_, s), p in cells.items() if s == split).to_dict()
-              for split in splits}
-    result["all"] = pooled(cells.values()).to_dict()
-    return result
+def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
+                 add_work: Callable[[int, float], None] | None = None) -> ArmEvaluation | None:
+    """Score one arm on the shared examples (None: a phase 2 that was not trained);
+    `add_work(tokens, flops)` is told what it cost."""
+    torch.manual_seed(config.seed)  # nothing samples; this pins any library-internal RNG use
+    tokenizer = AutoTokenizer.from_pretrained(paths.arms.base)
+    data = prepare_data(paths.documents, tokenizer, config)
+    probe = encode_prompts([e.prompt for e in data.examples[:4]], tokenizer, data.eos_id)
+    model = load_arm(name, paths.arms, *pad_batch(probe, data.pad_id, "left"))
+    if model is None:
+        return None
+    log.info("%s: %d task examples, %d text documents", name, len(data.examples), len(data.text))
+    scored = score_examples(model, tokenizer, data.examples, max_new_tokens=config.max_new_tokens,
+                            batch_size=config.batch_size, pad_id=data.pad_id)
+    ppl_text = perplexity(model, data.text, batch_size=config.ppl_batch_size, pad_id=data.pad_id)
+    speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
+                          repeats=config.speed_repeats, eos_id=data.eos_id, pad_id=data.pad_id)
+    per_token = flops_per_token(model, data.context)
+    tokens = (scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
+              + sum(len(s.ids) for s in data.text) + speed.tokens)
+    flops = tokens * per_token
+    sweep: list[dict[str, Any]] = []
+    if name in RECURSIVE_ARMS:
+        sweep, sweep_tokens, sweep_flops = sweep_arm(name, model, tokenizer, data, config)
+        tokens, flops = tokens + sweep_tokens, flops + sweep_flops
+    if add_work is not None:
+        add_work(tokens, flops)
+    rows = [{"task": e.task, "split": e.split, "difficulty": e.difficulty,
+             "content_hash": e.content_hash, "answer": e.answer, **asdict(s)}
+            for e, s in zip(data.examples, scored.scores, strict=True)]
+    summary = {
+        "arm": name,
+        **summarise(rows),
+        "ppl_text": ppl_text,
+        "text_docs": len(data.text),
+        "tokens_per_s": speed.tokens_per_s,
+        "latency_ms_per_token": speed.latency_ms,
+        "forward_flops_per_token": per_token,
+        "trm_config": model.trm_config.to_dict() if name in RECURSIVE_ARMS else None,
+        "sweep": sweep,
+        "tokens": tokens,
+        "flops": flops,
+        "settings": asdict(config),
+    }
+    log.info("%s: exact %.3f, task loss %s, perplexity %.4g (%.1f s)", name,
+             summary["overall"]["all"]["accuracy"], summary["task_loss"], ppl_text,
+             scored.seconds)
+    return ArmEvaluation(summary, rows)
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
     return value / base if value is not None and base else None
 
 
-def assemble(measured: dict[str, Measured], training: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The per-arm results of `metrics/eval.json`, each compared with the base arm."""
-    base = measured["base"]
-    base_accuracy = pooled(base.cells.values()).rate
+COMPARED = ("lora", "llama_pro", "base")  # what each TRM arm is set against
+
+
+def compare_arms(mine: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]],
+                 seed: int) -> dict[str, Any]:
+    """Paired differences (mine - theirs) on the same examples: exact match over all, the mean
+    answer loss over tasks per split, and exact match per (task, split)."""
+    keys = [(r["task"], r["split"], r["content_hash"]) for r in mine]
+    if keys != [(r["task"], r["split"], r["content_hash"]) for r in theirs]:
+        raise DataError("two arms were scored on different examples: re-run their "
+                        "evaluate stages on the same data")
+    exact = paired_difference([float(r["exact"]) for r in mine],
+                              [float(r["exact"]) for r in theirs], seed=seed)
+    splits = sorted({r["split"] for r in mine})
+    task_loss = {}
+    by_cell: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        index = [i for i, r in enumerate(mine) if r["split"] == split]
+        task_loss[split] = paired_difference(
+            [mine[i]["answer_loss"] for i in index], [theirs[i]["answer_loss"] for i in index],
+            strata=[mine[i]["task"] for i in index], seed=seed).to_dict()
+        for task in sorted({mine[i]["task"] for i in index}):
+            cell = [i for i in index if mine[i]["task"] == task]
+            by_cell.setdefault(task, {})[split] = paired_difference(
+                [float(mine[i]["exact"]) for i in cell], [float(theirs[i]["exact"]) for i in cell],
+                seed=seed).to_dict()
+    return {"exact": exact.to_dict(), "task_loss": task_loss, "exact_by_cell": by_cell}
+
+
+def compare(evaluations: dict[str, ArmEvaluation], training: dict[str, dict[str, Any]],
+            seed: int) -> dict[str, Any]:
+    """`metrics/eval.json`: every arm beside the base, and each TRM arm against each rival."""
+    if "base" not in evaluations:
+        raise DataError("no evaluation of the base arm: run the evaluate_base stage")
+    base = evaluations["base"].summary
+    base_accuracy = base["overall"]["all"]["accuracy"]
     arms = {}
-    for name, m in measured.items():
-        accuracy = pooled(m.cells.values()).rate
-        gain = None if accuracy is None or base_accuracy is None else accuracy - base_accuracy
+    for name, evaluation in evaluations.items():
+        summary = evaluation.summary
+        accuracy = summary["overall"]["all"]["accuracy"]
         arms[name] = {
-            "tasks": nested_cells(m.cells),
-            "overall": overall(m.cells),
-            "accuracy_gain": gain,
+            key: summary[key] for key in ("tasks", "task_loss", "overall", "ppl_text",
+                                          "tokens_per_s", "latency_ms_per_token",
+                                          "forward_flops_per_token")
+        } | {
+            "accuracy_gain": accuracy - base_accuracy,
             "accuracy_gain_per_usd": gain_per_usd(accuracy, base_accuracy,
                                                   training[name]["usd"]),
-            "ppl_text": m.ppl_text,
-            "ppl_text_vs_base": _ratio(m.ppl_text, base.ppl_text),
-            "ppl_task": m.ppl_task,
-            "tokens_per_s": m.tokens_per_s,
-            "latency_ms_per_token": m.latency_ms,
-            "latency_vs_base": _ratio(m.latency_ms, base.latency_ms),
+            "ppl_text_vs_base": _ratio(summary["ppl_text"], base["ppl_text"]),
+            "latency_vs_base": _ratio(summary["latency_ms_per_token"],
+                                      base["latency_ms_per_token"]),
             "training": training[name],
         }
-    return arms
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    result: dict[str, Any]  # metrics/eval.json
-    sweep: list[dict[str, Any]]  # metrics/eval_sweep.json
-
-
-def run_evaluation(paths: EvalPaths, config: EvalConfig,
-                   add_work: Callable[[int, float], None] | None = None) -> Evaluation:
-    """Score every arm on the same data; `add_work(tokens, flops)` is told what each arm cost."""
-    torch.manual_seed(config.seed)  # nothing samples; this pins any library-internal RNG use
-    tokenizer = AutoTokenizer.from_pretrained(paths.arms.base)
-    data = prepare_data(paths.documents, tokenizer, config)
-    log.info("evaluating on %d task examples, %d text documents", len(data.examples),
-             len(data.text))
-    probe_ids, probe_mask = pad_batch(data.prompts[:4], data.pad_id, "left")
-    measured: dict[str, Measured] = {}
-    sweep: list[dict[str, Any]] = []
-    trm_config: dict[str, Any] = {}
-    for arm in iter_arms(paths.arms, probe_ids, probe_mask):
-        with arm.active():
-            measured[arm.name] = measure_arm(arm.name, arm.model, tokenizer, data, config)
-            tokens = measured[arm.name].tokens
-            flops = tokens * flops_per_token(arm, data.context)
-            if arm.recursive:
-                rows, sweep_tokens, sweep_flops = sweep_arm(arm, tokenizer, data, config)
-                sweep += rows
-                tokens += sweep_tokens
-                flops += sweep_flops
-                trm_config[arm.name] = arm.model.trm_config.to_dict()
-        if add_work is not None:
-            add_work(tokens, flops)
-    training = {name: training_record(name, paths.metrics) for name in measured}
+    comparisons = {
+        f"{mine}_vs_{rival}": compare_arms(evaluations[mine].examples,
+                                           evaluations[rival].examples, seed)
+        for mine in RECURSIVE_ARMS if mine in evaluations
+        for rival in COMPARED if rival in evaluations
+    }
     examples: dict[str, dict[str, int]] = {}
-    for example in data.examples:
-        cell = examples.setdefault(example.task, {})
-        cell[example.split] = cell.get(example.split, 0) + 1
-    result = {
-        "arms": assemble(measured, training),
+    for row in evaluations["base"].examples:
+        cell = examples.setdefault(row["task"], {})
+        cell[row["split"]] = cell.get(row["split"], 0) + 1
+    return {
+        "arms": arms,
+        "comparisons": comparisons,
         "examples": examples,
-        "text_docs": len(data.text),
-        "trm_config": trm_config,
-        "settings": asdict(config),
+        "text_docs": base["text_docs"],
+        "trm_config": {name: evaluations[name].summary["trm_config"]
+                       for name in RECURSIVE_ARMS if name in evaluations},
+        "settings": base["settings"],
         "flops_method": FLOPS_METHOD,
     }
-    return Evaluation(result, sweep)
+
+
+def sweep_rows(evaluations: dict[str, ArmEvaluation]) -> list[dict[str, Any]]:
+    """`metrics/eval_sweep.json`: every TRM arm's test-time depth sweep."""
+    return [row for name in RECURSIVE_ARMS if name in evaluations
+            for row in evaluations[name].summary["sweep"]]
+
+
+def write_arm(evaluation: ArmEvaluation | None, name: str, summary_path: Path,
+              examples_path: Path) -> None:
+    """Write one arm's outputs atomically; an arm that was not trained writes a skip record
+    (and an empty examples file, so every declared output exists)."""
+    summary = evaluation.summary if evaluation else {"arm": name, "skipped": True}
+    rows = evaluation.examples if evaluation else []
+    write_parquet(examples_path, pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA))
+    write_json(summary_path, summary)
+
+
+def read_arms(summaries: Path, examples: Path) -> dict[str, ArmEvaluation]:
+    """Every arm scored under `summaries/<arm>.json` (skipped ones left out), in arm order."""
+    evaluations = {}
+    for name in ARMS:
+        path = summaries / f"{name}.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        if summary.get("skipped"):
+            continue
+        table = examples / f"{name}.parquet"
+        if not table.is_file():
+            raise FileNotFoundError(f"{table}: not found; re-run the evaluate_{name} stage")
+        evaluations[name] = ArmEvaluation(summary, pq.read_table(table).to_pylist())
+    return evaluations

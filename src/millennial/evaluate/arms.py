@@ -1,18 +1,17 @@
-"""The arms under comparison, loaded one at a time, and what each cost to train.
+"""The arms under comparison, loaded by name, and what each cost to train.
 
-- `base`: the phase-1 hybrid with its TRM blocks switched off. It must compute exactly what the
-  untouched base computes; `check_base_arm` proves that on real inputs before anything is scored,
-  so "base" in the tables is the base, not an approximation of it.
-- `phase1`: the same model with its blocks on (trained TRM, frozen base).
+- `base`: the untouched base.
+- `phase1`: the trained TRM adapter on the frozen base. Before it is scored, the hybrid with
+  its blocks switched off is checked to give logits bit-identical to the base, so the blocks are
+  the only difference between the two rows.
 - `phase2`: the fully fine-tuned hybrid, when that stage trained (not skipped).
 - `lora`: the baseline, merged into its base (how it would be served: no extra latency).
+- `llama_pro`: the other baseline, the base with its trained interleaved block copies.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from millennial.hybrid import load_trm, trm_disabled
+from millennial.hybrid.expansion import load_expansion
 from millennial.train.arms import load_base, load_hybrid
 
 TRAINING_STAGES: dict[str, tuple[str, ...]] = {
@@ -29,7 +29,10 @@ TRAINING_STAGES: dict[str, tuple[str, ...]] = {
     "phase1": ("train_phase1",),
     "phase2": ("train_phase1", "train_phase2"),  # phase 2 starts from phase 1: both are paid
     "lora": ("train_lora",),
+    "llama_pro": ("train_llama_pro",),
 }
+ARMS = tuple(TRAINING_STAGES)
+RECURSIVE_ARMS = ("phase1", "phase2")  # arms whose test-time depth the sweep can vary
 
 
 class BaseArmMismatch(RuntimeError):
@@ -42,34 +45,12 @@ class ArmPaths:
     phase1: Path  # models/phase1 (TRM adapter)
     phase2: Path  # models/phase2 (full hybrid, or skipped.json)
     lora: Path  # models/lora (PEFT adapter)
-
-
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    model: PreTrainedModel
-    recursive: bool  # has TRM blocks whose depth the sweep can vary
-    trm_off: bool = False  # the base arm: the hybrid with its blocks disabled
-
-    def active(self) -> AbstractContextManager[Any]:
-        """Wrap every use of `model` for this arm in this context."""
-        return trm_disabled(self.model) if self.trm_off else nullcontext(self.model)
+    llama_pro: Path  # models/llama_pro (expansion blocks)
 
 
 def phase2_trained(directory: Path) -> bool:
     """Phase 2 is optional: its stage writes `skipped.json` instead of a model when disabled."""
     return directory.is_dir() and not (directory / "skipped.json").exists()
-
-
-def load_phase1(paths: ArmPaths) -> PreTrainedModel:
-    """The frozen base with the trained TRM adapter (refuses an adapter made for another base)."""
-    model, _ = load_base(paths.base)
-    return load_trm(model, paths.phase1).eval()
-
-
-def load_lora(paths: ArmPaths) -> PreTrainedModel:
-    model, _ = load_base(paths.base)
-    return PeftModel.from_pretrained(model, paths.lora).merge_and_unload().eval()
 
 
 def check_base_arm(hybrid: PreTrainedModel, base: PreTrainedModel, input_ids: torch.Tensor,
@@ -87,23 +68,24 @@ def check_base_arm(hybrid: PreTrainedModel, base: PreTrainedModel, input_ids: to
         )
 
 
-def iter_arms(paths: ArmPaths, probe_ids: torch.Tensor,
-              probe_mask: torch.Tensor) -> Iterator[Arm]:
-    """Yield base, phase1, phase2 (if trained), lora, each loaded only when the previous one is
-    done with.
-
-    The base arm is checked against a freshly loaded base on `probe_ids` first.
-    """
-    hybrid = load_phase1(paths)
-    plain, _ = load_base(paths.base)
-    check_base_arm(hybrid, plain.eval(), probe_ids, probe_mask)
-    del plain
-    yield Arm("base", hybrid, recursive=False, trm_off=True)
-    yield Arm("phase1", hybrid, recursive=True)
-    del hybrid
-    if phase2_trained(paths.phase2):
-        yield Arm("phase2", load_hybrid(paths.phase2).eval(), recursive=True)
-    yield Arm("lora", load_lora(paths), recursive=False)
+def load_arm(name: str, paths: ArmPaths, probe_ids: torch.Tensor,
+             probe_mask: torch.Tensor) -> PreTrainedModel | None:
+    """The arm's model in eval mode, or None for a phase 2 that was not trained."""
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
+    if name == "phase2":
+        return load_hybrid(paths.phase2).eval() if phase2_trained(paths.phase2) else None
+    base, _ = load_base(paths.base)
+    if name == "base":
+        return base.eval()
+    if name == "phase1":
+        plain, _ = load_base(paths.base)
+        hybrid = load_trm(base, paths.phase1).eval()
+        check_base_arm(hybrid, plain.eval(), probe_ids, probe_mask)
+        return hybrid
+    if name == "lora":
+        return PeftModel.from_pretrained(base, paths.lora).merge_and_unload().eval()
+    return load_expansion(base, paths.llama_pro).eval()
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -115,6 +97,7 @@ def training_record(arm: str, metrics_dir: Path) -> dict[str, Any]:
     of all its stages (from `metrics/cost/<stage>.json`); None where a record is missing."""
     stages = TRAINING_STAGES[arm]
     trainable: int | None = 0  # the base trains nothing
+    training = None
     if stages:
         training = _read_json(metrics_dir / f"{stages[-1]}.json")
         trainable = training.get("trainable_params") if training else None
@@ -130,10 +113,12 @@ def training_record(arm: str, metrics_dir: Path) -> dict[str, Any]:
 
     return {
         "trainable_params": trainable,
+        "flops_per_token": training.get("flops_per_token") if training else None,
         "stages": list(stages),
         "usd": total("usd"),
         "device_hours": total("device_hours"),
         "gpu_hours": total("gpu_hours"),
+        "flops": total("flops"),
         "energy_kwh": total("energy_kwh"),
         "missing": [stage for stage, cost in costs.items() if cost is None],
         "failed": [stage for stage, cost in costs.items()

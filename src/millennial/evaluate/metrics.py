@@ -1,8 +1,15 @@
-"""What one model scores: exact match under greedy decoding, perplexity, decoding speed.
+"""What one model scores, example by example: answers under greedy decoding, answer loss,
+perplexity on general text, decoding speed.
 
 Inputs are tokenized exactly as training packed them (`millennial.data.pack`): prompt ids
 without special tokens, the answer with its leading separator, then EOS. Every sequence starts
-with EOS because in packed training almost every document follows the previous one's EOS.
+with EOS, as a training record does (packing puts the previous record's EOS before it).
+
+Three scores per answer tell formatting from reasoning: `exact` (the continuation up to EOS is
+the answer), `prefix` (it starts with the answer: right, but did not stop) and `first_token`
+(the first generated token is the answer's first token). Each (task, split) group decodes only
+as many tokens as its longest answer and EOS need, plus a little slack: a continuation that has
+not matched by then cannot match at all.
 """
 
 from __future__ import annotations
@@ -12,19 +19,17 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from millennial.data import ANSWER_SEPARATOR, TASK_KIND, TEXT_KIND, Record, task_record
-from millennial.data.pack import Encoded, encode_batch, encode_records
-from millennial.evaluate.stats import Proportion
+from millennial.data import ANSWER_SEPARATOR, TASK_KIND, Record, task_record
+from millennial.data.pack import Encoded, encode_batch
+from millennial.heldout import encode_scored, first_by_hash, mean_nll, pad_batch
 
 Cell = tuple[str, str]  # (task, split)
+ANSWER_SLACK = 2  # decoded tokens beyond the longest answer + EOS (stray spaces strip away)
 
 
 @dataclass(frozen=True)
@@ -38,44 +43,26 @@ class TaskExample:
     answer: str
     content_hash: str
 
+    @property
+    def cell(self) -> Cell:
+        return self.task, self.split
+
     def record(self) -> Record:
         return task_record("eval", self.content_hash, self.prompt, self.answer, self.task,
                            self.difficulty)
 
 
-def read_split(documents_dir: Path, split: str) -> list[dict[str, Any]]:
-    """Rows of `documents/<split>.parquet` as dicts."""
-    path = documents_dir / f"{split}.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run the curate stage first")
-    return pq.read_table(path).to_pylist()
-
-
-def select_examples(rows: Iterable[Mapping[str, Any]], max_examples: int) -> list[TaskExample]:
-    """The first `max_examples` task rows of each (task, split) by content hash.
+def select_examples(rows: Iterable[Mapping[str, object]], max_examples: int) -> list[TaskExample]:
+    """The first `max_examples` task rows of each (task, split) by content hash, cells sorted.
 
     A pure function of the data: every arm and every rerun sees the same examples, and a new
     row displaces an old one only if its hash sorts before it.
     """
-    cells: dict[Cell, list[TaskExample]] = {}
-    for row in rows:
-        if row["kind"] != TASK_KIND:
-            continue
-        example = TaskExample(row["task"], row["split"], row["difficulty"], row["prompt"],
-                              row["answer"], row["content_hash"])
-        cells.setdefault((example.task, example.split), []).append(example)
-    return [
-        example
-        for cell in sorted(cells)
-        for example in sorted(cells[cell], key=lambda e: e.content_hash)[:max_examples]
-    ]
-
-
-def select_texts(rows: Iterable[Mapping[str, Any]], max_docs: int) -> list[Record]:
-    """The first `max_docs` general-text rows by content hash, as records to encode."""
-    texts = sorted((row for row in rows if row["kind"] == TEXT_KIND),
-                   key=lambda row: row["content_hash"])[:max_docs]
-    return [Record(row["source"], row["content_hash"], TEXT_KIND, row["text"]) for row in texts]
+    cells = first_by_hash(rows, lambda r: f"{r['task']}\t{r['split']}"
+                          if r["kind"] == TASK_KIND else None, max_examples)
+    return [TaskExample(str(r["task"]), str(r["split"]), r["difficulty"], str(r["prompt"]),
+                        str(r["answer"]), str(r["content_hash"]))
+            for members in cells.values() for r in members]
 
 
 def encode_prompts(prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
@@ -83,33 +70,10 @@ def encode_prompts(prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
     return [[eos_id, *ids] for ids in encode_batch(prompts, tokenizer)]
 
 
-def encode_scored(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase, eos_id: int,
-                  max_length: int) -> list[Encoded]:
-    """Records as training scores them (text: every token; task: answer and EOS), EOS first,
-    cut to `max_length` tokens."""
-    return [
-        Encoded([eos_id, *e.ids][:max_length], [0, *e.mask][:max_length])
-        for e in encode_records(records, tokenizer, eos_id)
-    ]
-
-
-def answer_tokens(examples: Sequence[TaskExample], tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Tokens each answer takes to generate: separator and answer as training encodes them, EOS."""
-    answers = [f"{ANSWER_SEPARATOR}{e.answer}" for e in examples]
-    return [len(ids) + 1 for ids in encode_batch(answers, tokenizer)]
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int,
-              side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask) padded on `side` ("left" for generation, "right" for scoring)."""
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, tokens in enumerate(sequences):
-        span = slice(width - len(tokens), width) if side == "left" else slice(0, len(tokens))
-        ids[row, span] = torch.tensor(list(tokens), dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
+def answer_ids(examples: Sequence[TaskExample],
+               tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    """Each answer's tokens as training encodes them: separator and answer (EOS not included)."""
+    return encode_batch([f"{ANSWER_SEPARATOR}{e.answer}" for e in examples], tokenizer)
 
 
 def until_eos(tokens: Sequence[int], eos_id: int) -> list[int]:
@@ -123,6 +87,7 @@ class Generated:
     """Greedy continuations (EOS and what follows removed) and the work they took."""
 
     continuations: list[list[int]]
+    first_tokens: list[int | None]  # the first generated token of each (None: none generated)
     prompt_tokens: int
     generated_tokens: int  # tokens decoded, EOS included, finished rows' padding excluded
     seconds: float
@@ -145,6 +110,7 @@ def greedy_generate(
                               eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     continuations: list[list[int]] = [[] for _ in prompts]
+    first: list[int | None] = [None for _ in prompts]
     generated = 0
     start_time = time.perf_counter()
     for start in range(0, len(order), batch_size):
@@ -155,8 +121,9 @@ def greedy_generate(
         for row, index in enumerate(batch):
             new = out[row, ids.shape[1] :].tolist()
             continuations[index] = until_eos(new, eos_id)
+            first[index] = new[0] if new else None
             generated += min(len(continuations[index]) + 1, len(new))
-    return Generated(continuations, sum(map(len, prompts)), generated,
+    return Generated(continuations, first, sum(map(len, prompts)), generated,
                      time.perf_counter() - start_time)
 
 
@@ -165,59 +132,96 @@ def exact_match(prediction: str, answer: str) -> bool:
     return prediction.strip() == answer.strip()
 
 
-def score(examples: Sequence[TaskExample], predictions: Sequence[str]) -> dict[Cell, Proportion]:
-    """Exact-match counts per (task, split)."""
-    counts: dict[Cell, list[int]] = {}
-    for example, prediction in zip(examples, predictions, strict=True):
-        cell = counts.setdefault((example.task, example.split), [0, 0])
-        cell[0] += exact_match(prediction, example.answer)
-        cell[1] += 1
-    return {cell: Proportion(correct, n) for cell, (correct, n) in sorted(counts.items())}
+def prefix_match(prediction: str, answer: str) -> bool:
+    """The continuation starts with the answer (it may go on instead of stopping)."""
+    return prediction.strip().startswith(answer.strip())
 
 
-@dataclass(frozen=True)
-class Accuracy:
-    cells: dict[Cell, Proportion]
-    predictions: list[str]
-    generated: Generated
-
-
-def task_accuracy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[TaskExample],
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    pad_id: int,
-) -> Accuracy:
-    """Greedy exact match of `model` on `examples` (`prompts` are their encoded prompts)."""
-    eos_id = int(tokenizer.eos_token_id)
-    generated = greedy_generate(model, prompts, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, eos_id=eos_id, pad_id=pad_id)
-    predictions = [tokenizer.decode(c, skip_special_tokens=True) for c in generated.continuations]
-    return Accuracy(score(examples, predictions), predictions, generated)
+@torch.no_grad()
+def sequence_nll(model: PreTrainedModel, sequences: Sequence[Encoded], *, batch_size: int,
+                 pad_id: int) -> list[float]:
+    """Mean NLL per scored token of each sequence on its own (an answer's loss given its prompt).
+    """
+    losses: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        ids, attention = pad_batch([s.ids for s in batch], pad_id, "right")
+        scored, _ = pad_batch([s.mask for s in batch], 0, "right")
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False).logits
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), ids[:, 1:],
+                              reduction="none")
+        weight = scored[:, 1:].float()
+        losses += (nll * weight).sum(1).div(weight.sum(1)).tolist()
+    return losses
 
 
 def perplexity(model: PreTrainedModel, sequences: Sequence[Encoded], *, batch_size: int,
                pad_id: int) -> float:
     """exp(mean NLL) over the scored tokens of `sequences` (each token weighs the same)."""
-    total, count = 0.0, 0
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        ids, attention = pad_batch([s.ids for s in batch], pad_id, "right")
-        scored, _ = pad_batch([s.mask for s in batch], 0, "right")
-        labels = ids.masked_fill(scored == 0, -100)
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=attention).logits
-        total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                       labels[:, 1:].flatten(), ignore_index=-100,
-                                       reduction="sum"))
-        count += int((labels[:, 1:] != -100).sum())
-    if count == 0:
-        raise ValueError("perplexity: no scored tokens")
-    return math.exp(total / count)
+    return math.exp(mean_nll(model, sequences, batch_size=batch_size, pad_id=pad_id))
+
+
+@dataclass(frozen=True)
+class ExampleScore:
+    """How one model did on one example."""
+
+    prediction: str
+    exact: bool
+    prefix: bool
+    first_token: bool
+    answer_loss: float  # mean NLL of the answer's tokens and EOS given the prompt
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: list[ExampleScore]  # in the order of the examples
+    prompt_tokens: int  # processed, for the cost meter: generation and answer scoring
+    generated_tokens: int
+    scored_tokens: int
+    seconds: float
+
+
+def score_examples(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TaskExample],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    pad_id: int,
+) -> Scored:
+    """Decode and score every example; each (task, split) group decodes only what its longest
+    answer needs (capped at `max_new_tokens`, which must suffice)."""
+    eos = int(tokenizer.eos_token_id)
+    began = time.perf_counter()
+    answers = answer_ids(examples, tokenizer)
+    prompts = encode_prompts([e.prompt for e in examples], tokenizer, eos)
+    groups: dict[Cell, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.cell, []).append(index)
+    predictions: list[str] = ["" for _ in examples]
+    firsts: list[int | None] = [None for _ in examples]
+    prompt_tokens = generated_tokens = 0
+    for members in groups.values():
+        budget = min(max_new_tokens, max(len(answers[i]) + 1 for i in members) + ANSWER_SLACK)
+        out = greedy_generate(model, [prompts[i] for i in members], max_new_tokens=budget,
+                              batch_size=batch_size, eos_id=eos, pad_id=pad_id)
+        for index, continuation, first in zip(members, out.continuations, out.first_tokens,
+                                              strict=True):
+            predictions[index] = tokenizer.decode(continuation, skip_special_tokens=True)
+            firsts[index] = first
+        prompt_tokens += out.prompt_tokens
+        generated_tokens += out.generated_tokens
+    teacher_forced = encode_scored([e.record() for e in examples], tokenizer, eos)
+    losses = sequence_nll(model, teacher_forced, batch_size=batch_size, pad_id=pad_id)
+    scores = [
+        ExampleScore(prediction, exact_match(prediction, e.answer),
+                     prefix_match(prediction, e.answer), first == ids[0], loss)
+        for e, prediction, first, ids, loss in zip(examples, predictions, firsts, answers,
+                                                    losses, strict=True)
+    ]
+    return Scored(scores, prompt_tokens, generated_tokens,
+                  sum(len(s.ids) for s in teacher_forced), time.perf_counter() - began)
 
 
 @dataclass(frozen=True)

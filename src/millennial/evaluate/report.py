@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 
 from millennial.atomic import write_json, write_text
 
-ARM_ORDER = ("base", "phase1", "phase2", "lora")
-ARM_LABELS = {"base": "base (TRM off)", "phase1": "TRM phase 1", "phase2": "TRM phase 2",
-              "lora": "LoRA"}
+ARM_ORDER = ("base", "phase1", "phase2", "lora", "llama_pro")
+ARM_LABELS = {"base": "base", "phase1": "TRM phase 1", "phase2": "TRM phase 2",
+              "lora": "LoRA", "llama_pro": "LLaMA Pro"}
 TRM_ARMS = ("phase1", "phase2")
+RIVALS = ("lora", "llama_pro", "base")
 
 
 def arm_names(result: dict[str, Any]) -> list[str]:
@@ -56,36 +57,76 @@ def _interval(cell: dict[str, Any]) -> str:
             f"(n={cell['n']})")
 
 
-def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a["low"] <= b["high"] and b["low"] <= a["high"]
+def _points_ci(diff: dict[str, Any]) -> str:
+    """An exact-match difference in points with its interval."""
+    return (f"{100 * diff['difference']:+.1f} pts [{100 * diff['low']:+.1f}, "
+            f"{100 * diff['high']:+.1f}]")
+
+
+def _nats_ci(diff: dict[str, Any]) -> str:
+    return f"{diff['difference']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
+
+
+def _direction(diff: dict[str, Any], higher_is_better: bool) -> int:
+    """+1 the TRM arm is better, -1 worse, 0 no established difference."""
+    if not diff["established"]:
+        return 0
+    better = diff["difference"] > 0 if higher_is_better else diff["difference"] < 0
+    return 1 if better else -1
+
+
+def outcome(comparison: dict[str, Any]) -> str:
+    """WON, LOST, MIXED or NO DIFFERENCE, from exact match over all examples and the mean
+    in-distribution task loss; only differences whose 95% interval excludes zero count."""
+    loss_split = "test" if "test" in comparison["task_loss"] else min(comparison["task_loss"])
+    signs = {_direction(comparison["exact"], True),
+             _direction(comparison["task_loss"][loss_split], False)} - {0}
+    if not signs:
+        return "NO DIFFERENCE"
+    if signs == {1, -1}:
+        return "MIXED"
+    return "WON" if signs == {1} else "LOST"
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
-    """The first lines of every report: did each TRM arm beat the base and LoRA?"""
+    """The first lines of every report: did each TRM arm beat LoRA, LLaMA Pro and the base?"""
     lines = []
     arms = result["arms"]
     for trm in (name for name in TRM_ARMS if name in arms):
-        mine = arms[trm]["overall"]["all"]
-        rivals = [name for name in ("lora", "base") if name in arms]
-        theirs = {name: arms[name]["overall"]["all"] for name in rivals}
-        lost = [n for n in rivals if mine["accuracy"] < theirs[n]["accuracy"]]
-        tied = [n for n in rivals if mine["accuracy"] == theirs[n]["accuracy"]]
-        beat = [n for n in rivals if n not in lost and n not in tied]
-        outcome = [f"LOST to {_names(lost)}"] if lost else []
-        outcome += [f"tied with {_names(tied)}"] if tied else []
-        outcome += [f"beat {_names(beat)}"] if beat else []
-        described = ", ".join(f"{ARM_LABELS[n]} {_pct(theirs[n]['accuracy'])}" for n in rivals)
-        lines.append(f"**{ARM_LABELS[trm]} {'; '.join(outcome)}**: task accuracy "
-                     f"{_pct(mine['accuracy'])} against {described}.")
-        within = [n for n in lost + beat if _overlap(mine, theirs[n])]
-        if within:
-            lines.append(f"The 95% intervals of {ARM_LABELS[trm]} and {_names(within)} overlap: "
-                         "at this sample size that difference is not established.")
+        for rival in (name for name in RIVALS if name in arms):
+            comparison = result["comparisons"][f"{trm}_vs_{rival}"]
+            exact, losses = comparison["exact"], comparison["task_loss"]
+            split = "test" if "test" in losses else min(losses)
+            mine, theirs = arms[trm], arms[rival]
+            lines.append(
+                f"- **{ARM_LABELS[trm]} vs {ARM_LABELS[rival]}: {outcome(comparison)}.** "
+                f"Exact match {_pct(mine['overall']['all']['accuracy'])} vs "
+                f"{_pct(theirs['overall']['all']['accuracy'])} ({_points_ci(exact)}, "
+                f"n = {exact['n']}); mean {split} task loss "
+                f"{_num(mine['task_loss'][split])} vs {_num(theirs['task_loss'][split])} "
+                f"({_nats_ci(losses[split])} nats).")
+            lines += _cell_lines(trm, rival, comparison)
+    if lines:
+        lines.append("Differences are paired (the same examples) with 95% bootstrap intervals; "
+                     "an interval that holds 0 is no difference.")
     return lines
 
 
-def _names(arms: Sequence[str]) -> str:
-    return " and ".join(ARM_LABELS[name] for name in arms)
+def _cell_lines(trm: str, rival: str, comparison: dict[str, Any]) -> list[str]:
+    """Which out-of-distribution cells the TRM arm wins or loses outright."""
+    won, lost = [], []
+    for task, splits in sorted(comparison["exact_by_cell"].items()):
+        for split, diff in sorted(splits.items()):
+            if split != "test_ood":
+                continue
+            sign = _direction(diff, True)
+            if sign:
+                (won if sign > 0 else lost).append(f"{task} ({_points_ci(diff)})")
+    if not won and not lost:
+        return []
+    parts = [f"beats {ARM_LABELS[rival]} on {', '.join(won)}"] if won else []
+    parts += [f"loses on {', '.join(lost)}"] if lost else []
+    return [f"  - Out of distribution, {ARM_LABELS[trm]} {'; '.join(parts)}."]
 
 
 def _points(gain: float | None) -> str:
@@ -98,9 +139,9 @@ def _points(gain: float | None) -> str:
 
 def _summary_table(result: dict[str, Any]) -> list[str]:
     splits = sorted({split for splits in result["examples"].values() for split in splits})
-    header = ["arm", "trainable params", "accuracy (all) [95% CI]", *splits,
-              "ppl text (x base)", "ppl task answers", "tokens/s", "ms/token (x base)",
-              "train USD", "gain / USD"]
+    header = ["arm", "trainable params", "train FLOPs/token", "exact (all) [95% CI]",
+              *(f"exact {split}" for split in splits), *(f"task loss {s}" for s in splits),
+              "ppl text (x base)", "ms/token (x base)", "train USD", "gain / USD"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name in arm_names(result):
         arm = result["arms"][name]
@@ -108,11 +149,11 @@ def _summary_table(result: dict[str, Any]) -> list[str]:
         row = [
             ARM_LABELS[name],
             _num(training["trainable_params"]),
+            _num(training["flops_per_token"], 3),
             _interval(arm["overall"]["all"]),
             *(_pct(arm["overall"][split]["accuracy"]) for split in splits),
+            *(_num(arm["task_loss"][split]) for split in splits),
             f"{_num(arm['ppl_text'])} ({_ratio(arm['ppl_text_vs_base'])})",
-            _num(arm["ppl_task"]),
-            _num(arm["tokens_per_s"], 3),
             f"{_num(arm['latency_ms_per_token'], 3)} ({_ratio(arm['latency_vs_base'])})",
             _num(training["usd"]),
             _per_usd(arm["accuracy_gain_per_usd"]),
@@ -136,25 +177,43 @@ def _cost_gaps(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _task_table(result: dict[str, Any]) -> list[str]:
+def _task_table(result: dict[str, Any], metric: str = "exact") -> list[str]:
+    """One row per (task, split): `metric` (exact, prefix or first_token) with its interval,
+    or the mean answer loss."""
     names = arm_names(result)
     lines = ["| task | split | " + " | ".join(ARM_LABELS[n] for n in names) + " |",
              "|" + " --- |" * (2 + len(names))]
     for task, splits in sorted(result["examples"].items()):
         for split in sorted(splits):
-            cells = [_interval(result["arms"][n]["tasks"][task][split]) for n in names]
-            lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
+            cells = [result["arms"][n]["tasks"][task][split] for n in names]
+            shown = ([_num(c["answer_loss"]) for c in cells] if metric == "answer_loss"
+                     else [_interval(c[metric]) for c in cells])
+            lines.append(f"| {task} | {split} | " + " | ".join(shown) + " |")
     return lines
 
 
 def _sweep_table(sweep: Sequence[dict[str, Any]]) -> list[str]:
-    lines = ["| arm | cycles T | latent steps n | f calls / token / block | accuracy [95% CI] "
-             "| ms/token |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| arm | cycles T | latent steps n | f calls / token / block | exact [95% CI] "
+             "| answer loss | ms/token |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in sweep:
         marker = " (trained)" if row["trained_depth"] else ""
         lines.append(f"| {ARM_LABELS[row['arm']]}{marker} | {row['cycles']} | "
                      f"{row['latent_steps']} | {row['f_calls_per_token']} | {_interval(row)} | "
-                     f"{_num(row['latency_ms'], 3)} |")
+                     f"{_num(row['answer_loss'])} | {_num(row['latency_ms'], 3)} |")
+    return lines
+
+
+def _comparison_table(result: dict[str, Any]) -> list[str]:
+    """Every TRM arm against every rival: exact match and task loss per split, paired."""
+    lines = ["| comparison | outcome | exact (all) | " + " | ".join(
+        f"task loss {split}" for split in sorted(result["settings"]["splits"])) + " |"]
+    lines.append("|" + " --- |" * (3 + len(result["settings"]["splits"])))
+    for key, comparison in result["comparisons"].items():
+        mine, rival = key.split("_vs_")
+        losses = [_nats_ci(comparison["task_loss"][split])
+                  for split in sorted(result["settings"]["splits"])]
+        lines.append(f"| {ARM_LABELS[mine]} - {ARM_LABELS[rival]} | {outcome(comparison)} | "
+                     f"{_points_ci(comparison['exact'])} | " + " | ".join(losses) + " |")
     return lines
 
 
@@ -165,36 +224,57 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
     lines = [
         *verdict(result),
         "",
-        "# Evaluation: base vs TRM vs LoRA",
+        "# Evaluation: base vs TRM vs LoRA vs LLaMA Pro",
         "",
-        f"Greedy decoding (batched, left padding, KV cache, at most "
-        f"{settings['max_new_tokens']} new tokens, stop at EOS); a prediction is correct when "
-        "the decoded continuation, stripped, equals the answer. Every arm answers the same "
-        f"examples: per (task, split) the first {settings['max_examples']} by content hash. "
-        "Accuracy (all) pools every task example of every split. Intervals are 95% Wilson.",
+        "Greedy decoding (batched, left padding, KV cache, stop at EOS; each (task, split) "
+        "decodes what its longest answer needs plus two tokens). Every arm answers the same "
+        f"examples: per (task, split) the first {settings['max_examples']} by content hash, "
+        "each prompt alone after EOS, as training packed it. Scores: **exact** (the continuation "
+        "up to EOS, stripped, is the answer), **prefix** (it starts with the answer but may not "
+        "stop), **first token** (the first generated token is the answer's), and the **task "
+        "loss** (mean NLL of the answer and EOS given the prompt, averaged over examples and "
+        "then over tasks, each task weighing the same). Accuracy intervals are 95% Wilson.",
         "",
         "## Summary",
         "",
         *_summary_table(result),
         "",
+        "- train FLOPs/token: the planner's count for what the arm's training ran (forward, the "
+        "activation gradient down to the lowest trainable point, weight gradients of what "
+        "trains).",
         "- ppl text: perplexity on "
         f"{result['text_docs']} held-out general-text documents (test split, first "
         f"{settings['max_length']} tokens each); x base is the ratio to the base arm "
         "(1.0 = nothing forgotten).",
-        "- ppl task answers: perplexity of the answer tokens and EOS given the prompt "
-        "(in-distribution test examples).",
-        "- tokens/s and ms/token: batch 1, KV cache, median of "
-        f"{settings['speed_repeats']} runs of {settings['speed_new_tokens']} new tokens; "
-        "ms/token is the decode step after the first token. Wall-clock on shared machines: "
-        "compare ratios, not absolutes.",
+        "- ms/token: batch 1, KV cache, median of "
+        f"{settings['speed_repeats']} runs of {settings['speed_new_tokens']} new tokens, the "
+        "decode step after the first token. Wall-clock on shared machines: compare ratios, "
+        "not absolutes.",
         "- LoRA is evaluated merged into its base, as it would be served.",
         "- gain / USD: (arm accuracy - base accuracy) in percentage points per training USD "
         "of the arm's stages (phase 2 includes phase 1).",
         *_cost_gaps(result),
         "",
-        "## Per task",
+        "## Paired differences (TRM arm minus rival)",
         "",
-        *_task_table(result),
+        *_comparison_table(result),
+        "",
+        "Exact match in percentage points (positive: the TRM arm answers more), task loss in "
+        "nats (negative: the TRM arm is better); 95% paired-bootstrap intervals.",
+        "",
+        "## Per task: exact match",
+        "",
+        *_task_table(result, "exact"),
+        "",
+        "## Per task: answer starts right (prefix) and first token right",
+        "",
+        *_task_table(result, "prefix"),
+        "",
+        *_task_table(result, "first_token"),
+        "",
+        "## Per task: answer loss",
+        "",
+        *_task_table(result, "answer_loss"),
         "",
     ]
     if sweep:
@@ -219,25 +299,32 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
 
 
 def plot_accuracy(result: dict[str, Any], path: Path) -> None:
-    """Grouped bars: accuracy per (task, split) for each arm, Wilson intervals as error bars."""
+    """Grouped bars per (task, split) for each arm: exact match with Wilson intervals above,
+    the mean answer loss below."""
     names = arm_names(result)
     cells = [(task, split) for task, splits in sorted(result["examples"].items())
              for split in sorted(splits)]
-    figure = Figure(figsize=(max(6.0, 1.4 * len(cells) + 2), 4.0))
-    axes = figure.subplots()
+    figure = Figure(figsize=(max(6.0, 1.4 * len(cells) + 2), 7.0))
+    accuracy_axes, loss_axes = figure.subplots(2, 1, sharex=True)
     width = 0.8 / len(names)
     for index, name in enumerate(names):
         values = [result["arms"][name]["tasks"][t][s] for t, s in cells]
-        heights = [v["accuracy"] or 0.0 for v in values]
-        errors = [[h - v["low"] for h, v in zip(heights, values, strict=True)],
-                  [v["high"] - h for h, v in zip(heights, values, strict=True)]]
+        exact = [v["exact"] for v in values]
+        heights = [v["accuracy"] or 0.0 for v in exact]
+        errors = [[h - v["low"] for h, v in zip(heights, exact, strict=True)],
+                  [v["high"] - h for h, v in zip(heights, exact, strict=True)]]
         positions = [c + (index - (len(names) - 1) / 2) * width for c in range(len(cells))]
-        axes.bar(positions, heights, width, yerr=errors, capsize=3, label=ARM_LABELS[name])
-    axes.set_xticks(range(len(cells)), [f"{t}\n{s}" for t, s in cells])
-    axes.set_ylim(0, 1.05)
-    axes.set_ylabel("exact-match accuracy")
-    axes.set_title("Accuracy per task and split (95% Wilson intervals)")
-    axes.legend(fontsize="small")
+        accuracy_axes.bar(positions, heights, width, yerr=errors, capsize=3,
+                          label=ARM_LABELS[name])
+        loss_axes.bar(positions, [v["answer_loss"] for v in values], width,
+                      label=ARM_LABELS[name])
+    loss_axes.set_xticks(range(len(cells)), [f"{t}\n{s}" for t, s in cells])
+    accuracy_axes.set_ylim(0, 1.05)
+    accuracy_axes.set_ylabel("exact match")
+    accuracy_axes.set_title("Exact match per task and split (95% Wilson intervals)")
+    accuracy_axes.legend(fontsize="small")
+    loss_axes.set_ylabel("answer loss (nats / token)")
+    loss_axes.set_title("Mean answer loss given the prompt (lower is better)")
     figure.tight_layout()
     _save(figure, path)
 
@@ -352,7 +439,9 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         "## Evaluation", "",
         "Exact match under greedy decoding, 95% Wilson intervals; see `reports/eval.md`.", "",
         *_task_table(result), "",
-        f"- accuracy (all): {_interval(phase1['overall']['all'])}",
+        f"- exact match (all): {_interval(phase1['overall']['all'])}",
+        "- mean task loss: " + ", ".join(f"{split} {_num(value)}" for split, value
+                                          in phase1["task_loss"].items()),
         f"- perplexity on held-out general text: {_num(phase1['ppl_text'])} "
         f"(base: {_num(result['arms']['base']['ppl_text'])})",
         f"- decode latency vs base: {_ratio(phase1['latency_vs_base'])}", "",
@@ -363,8 +452,8 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         f"- accuracy gained over the base: {_points(phase1['accuracy_gain'])}, "
         f"{_per_usd(phase1['accuracy_gain_per_usd'])}", "",
         "## Limitations", "",
-        "- Evaluated on small synthetic task sets (tens of examples per cell): intervals are "
-        "wide, and the tasks are probes, not a general benchmark.",
+        "- Evaluated on synthetic task sets (about a hundred examples per cell): the tasks "
+        "are probes of multi-step reasoning, not a general benchmark.",
         "- Only useful on the exact base above; other bases are refused.",
         "- Every decoded token runs the recursion: decoding is slower than the base (see the "
         "latency ratio). Beam search and KV-cache cropping are not supported with TRM blocks.",

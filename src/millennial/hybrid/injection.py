@@ -230,6 +230,14 @@ def base_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if id(p) not in trm}
 
 
+def zero_initialised(name: str, config: TRMConfig) -> bool:
+    """Is TRM parameter `name` one of the block's ways out, the weights that start at zero
+    (`up` of a random core; the copied layers' attention and MLP output projections)?"""
+    if config.pretrained:
+        return ".attn.o_proj." in name or ".mlp.down_proj." in name
+    return ".trm.up." in name or name.startswith("trm.up.")
+
+
 def freeze_base(model: nn.Module) -> int:
     """Make only TRM parameters trainable; return how many parameters that is."""
     trainable = trm_named_parameters(model)

@@ -1,4 +1,5 @@
-"""What each training stage trains: TRM only (phase 1), the whole hybrid (phase 2), LoRA.
+"""What each training stage trains: TRM only (phase 1), the whole hybrid (phase 2), and the
+baselines a user would pick instead, LoRA and LLaMA Pro block expansion.
 
 Each `run_*` function loads the base, decides the trainable parameter groups, calls the shared
 loop, saves its artifact atomically and returns the stage's metrics. Stages stay thin.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from millennial.atomic import atomic_dir
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
 from millennial.fingerprint import tensors_sha256
+from millennial.heldout import HeldOutLosses, held_out_losses, held_out_sets, read_split
 from millennial.hybrid import (
     TRMConfig,
     freeze_base,
@@ -30,12 +34,30 @@ from millennial.hybrid import (
     save_trm,
     trm_parameter_count,
 )
-from millennial.hybrid.injection import base_named_parameters, trm_named_parameters
+from millennial.hybrid.expansion import (
+    OUTPUT_PROJECTIONS,
+    block_parameter_count,
+    expand,
+    expansion_named_parameters,
+    freeze_all_but_expansion,
+    matched_block_count,
+    save_expansion,
+)
+from millennial.hybrid.injection import (
+    Depth,
+    base_named_parameters,
+    recursion_depth,
+    trm_named_parameters,
+    zero_initialised,
+)
 from millennial.params import ParamsError
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData
-from millennial.train.loop import ParamGroup, TrainResult, make_accelerator, mean_loss, train
+from millennial.train.loop import ParamGroup, TrainResult, make_accelerator, train
+from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings, Phase2Config
 from millennial.train.state import gather_all, gather_trainable
+
+HELD_OUT_SPLIT = "val"
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,7 @@ class Paths:
 
     base: Path  # models/base
     train_data: Path  # data/curated/packed/train.parquet
-    val_data: Path  # data/curated/packed/val.parquet
+    documents: Path  # data/curated/documents: the held-out loss scores val records from here
     out: Path  # the model artifact directory
     run: Path  # checkpoints (persisted between runs for resume)
     live: Path | None = None  # dvclive directory
@@ -59,6 +81,17 @@ def load_base(base_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     return model, json.loads(provenance_path.read_text())
 
 
+def split_by_init(named: dict[str, torch.nn.Parameter], zero: Callable[[str], bool], lr: float,
+                  multiplier: float, prefix: str) -> list[ParamGroup]:
+    """Two groups: the weights that start at zero at `lr * multiplier`, the rest at `lr`."""
+    out = {n: p for n, p in named.items() if zero(n)}
+    rest = {n: p for n, p in named.items() if not zero(n)}
+    groups = [ParamGroup(prefix, rest, lr)] if rest else []
+    if out:
+        groups.append(ParamGroup(f"{prefix}_out", out, lr * multiplier))
+    return groups
+
+
 def _check_optimizer_holds_exactly(model: torch.nn.Module, groups: list[ParamGroup]) -> None:
     """Before any step: the optimizer's parameters are exactly those that require grad."""
     in_groups = {id(p) for g in groups for p in g.parameters.values()}
@@ -69,11 +102,15 @@ def _check_optimizer_holds_exactly(model: torch.nn.Module, groups: list[ParamGro
         )
 
 
-def _held_out(model: torch.nn.Module, sets: dict[str, PackedData],
-              config: TrainConfig) -> dict[str, float]:
-    """Held-out loss on each named validation set."""
-    return {name: mean_loss(model, data, config.eval_batches, config.batch_size)
-            for name, data in sets.items()}
+def _held_out_scorer(paths: Paths, config: TrainConfig,
+                     block_size: int) -> Callable[[torch.nn.Module], HeldOutLosses]:
+    """Loss per source on the first `eval_examples` val records of each (by content hash),
+    each scored alone as evaluation prompts are; tokenized once for before and after."""
+    tokenizer = AutoTokenizer.from_pretrained(paths.base)
+    sets = held_out_sets(read_split(paths.documents, HELD_OUT_SPLIT), lambda row: row["source"],
+                         config.eval_examples, tokenizer, block_size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return lambda model: held_out_losses(model, sets, batch_size=config.batch_size, pad_id=pad)
 
 
 def _run(
@@ -82,32 +119,41 @@ def _run(
     paths: Paths,
     config: TrainConfig,
     accelerator: Accelerator,
-    what_trains: Trainable,
+    what_trains: Callable[[int], Trainable],
     identity: dict[str, Any],
-) -> tuple[TrainResult, dict[str, float]]:
-    """Train, with the held-out loss before and after, and the planner's FLOPs for what ran."""
+    step_context: Callable[[torch.nn.Module, int], AbstractContextManager[Any]] | None = None,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train, with the held-out loss before and after, and the planner's FLOPs for what ran.
+
+    `what_trains(step)` is what the planner counts at each step (a depth curriculum runs fewer
+    TRM calls early on).
+    """
     _check_optimizer_holds_exactly(model, groups)
     data = PackedData.from_parquet(paths.train_data)
-    # All validation blocks, and task blocks only (answer tokens); read once for both scorings.
-    val = {"val_loss": PackedData.from_parquet(paths.val_data),
-           "val_task_loss": PackedData.from_parquet(paths.val_data, kind="task")}
+    held_out = _held_out_scorer(paths, config, data.block_size)
     result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity,
-                   held_out=lambda prepared: _held_out(prepared, val, config))
-    per_token = training_flops_per_token(
-        model_shape(model.config), data.block_size, what_trains,
-        grad_checkpointing=config.gradient_checkpointing,
-    ).model
-    measured = {f"{k}_before": v for k, v in result.held_out_before.items()}
-    measured |= {f"{k}_after": v for k, v in result.held_out_after.items()}
+                   held_out=held_out, step_context=step_context)
+    shape = model_shape(model.config)
+    per_step = [training_flops_per_token(shape, data.block_size, what_trains(step),
+                                         grad_checkpointing=config.gradient_checkpointing).model
+                for step in range(result.resumed_from_step, result.steps)]
     # Only the tokens this run trained on (a resumed run's earlier part was metered then).
     trained = result.tokens * (result.steps - result.resumed_from_step) // max(result.steps, 1)
-    measured |= {"tokens_this_run": trained, "flops_per_token": per_token,
-                 "flops": per_token * trained}
+    per_token = sum(per_step) / len(per_step) if per_step else 0.0
+    measured: dict[str, Any] = {"tokens_this_run": trained, "flops_per_token": per_token,
+                                "flops": per_token * trained}
+    for when, losses in (("before", result.held_out_before), ("after", result.held_out_after)):
+        if losses is not None:
+            measured[f"val_task_loss_{when}"] = losses.task
+            measured[f"val_text_loss_{when}"] = losses.text
+    if result.held_out_before is not None and result.held_out_after is not None:
+        measured["val_loss_by_source"] = {"before": result.held_out_before.by_group,
+                                          "after": result.held_out_after.by_group}
     return result, measured
 
 
 def _metrics(
-    result: TrainResult, measured: dict[str, float], trainable: int, total: int
+    result: TrainResult, measured: dict[str, Any], trainable: int, total: int
 ) -> dict[str, Any]:
     return {
         "trainable_params": trainable,
@@ -126,48 +172,43 @@ def _unique_count(model: torch.nn.Module) -> int:
 
 
 def run_phase1(
-    paths: Paths, trm: TRMConfig, config: TrainConfig, accelerator: Accelerator | None = None
+    paths: Paths,
+    trm: TRMConfig,
+    settings: Phase1Settings,
+    config: TrainConfig,
+    accelerator: Accelerator | None = None,
 ) -> dict[str, Any]:
     """Inject TRM blocks into the frozen base and train them alone; save the adapter."""
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)  # the blocks' initial weights come from the global RNG
     model, provenance = load_base(paths.base)
     inject(model, trm)
+    trm = model.trm_config  # resolved against the base (a pretrained core takes its widths)
     trainable = freeze_base(model)
-    groups = [ParamGroup("trm", trm_named_parameters(model), config.lr)]
-    identity = {"arm": "phase1", "base": provenance["state_sha256"], "trm": trm.to_dict()}
+    groups = split_by_init(trm_named_parameters(model), lambda n: zero_initialised(n, trm),
+                           settings.lr, settings.out_lr_multiplier, "trm")
+    identity = {"arm": "phase1", "base": provenance["state_sha256"], "trm": trm.to_dict(),
+                "phase1": asdict(settings)}
+
+    def at_step(step: int) -> TRMConfig:  # the depth curriculum (cycles ramp up from 1)
+        cycles = settings.cycles_at(step, trm.cycles)
+        return replace(trm, cycles=cycles, grad_cycles=min(trm.grad_cycles, cycles))
+
+    curriculum = None
+    if settings.depth_warmup_steps:
+        def curriculum(module: torch.nn.Module, step: int) -> AbstractContextManager[Any]:
+            return recursion_depth(module, Depth(at_step(step).cycles, trm.latent_steps))
+
     result, held_out = _run(model, groups, paths, config, accelerator,
-                            Trainable.for_phase("phase1", trm), identity)
+                            lambda step: Trainable.for_phase("phase1", at_step(step)), identity,
+                            curriculum)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
         save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,
                  base_sha256=provenance["state_sha256"], base_name=provenance["name"],
                  base_revision=provenance["revision"])
-    return _metrics(result, held_out, trainable, _unique_count(model))
-
-
-@dataclass(frozen=True)
-class Phase2Config:
-    enabled: bool
-    max_steps: int
-    lr_base: float
-    lr_trm: float
-    trainable: tuple[str, ...]  # name fragments of base parameters to unfreeze; ("all",) = all
-
-    @classmethod
-    def from_params(cls, raw: dict[str, Any], where: str = "params.yaml:phase2") -> Phase2Config:
-        expected = {"enabled", "max_steps", "lr_base", "lr_trm", "trainable"}
-        if set(raw) != expected:
-            raise ParamsError(f"{where}: expected keys {sorted(expected)}, got {sorted(raw)}")
-        trainable = raw["trainable"]
-        if trainable == "all":
-            trainable = ["all"]
-        if not isinstance(trainable, list) or not all(isinstance(t, str) for t in trainable):
-            raise ParamsError(f"{where}.trainable must be 'all' or a list of name fragments")
-        if not isinstance(raw["enabled"], bool):
-            raise ParamsError(f"{where}.enabled must be true or false")
-        return cls(raw["enabled"], int(raw["max_steps"]), float(raw["lr_base"]),
-                   float(raw["lr_trm"]), tuple(trainable))
+    metrics = _metrics(result, held_out, trainable, _unique_count(model))
+    return metrics | {"lr_groups": {g.name: g.lr for g in groups}}
 
 
 def run_phase2(
@@ -201,8 +242,9 @@ def run_phase2(
     groups = [ParamGroup("base", base, phase2.lr_base), ParamGroup("trm", trm, phase2.lr_trm)]
     identity = {"arm": "phase2", "base": provenance["state_sha256"],
                 "phase1": tensors_sha256(trm), "trm": model.trm_config.to_dict()}
-    result, held_out = _run(model, groups, paths, config, accelerator,
-                            _phase2_trainable(base, model.trm_config), identity)
+    planned = _phase2_trainable(base, model.trm_config)
+    result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
+                            identity)
     weights = gather_all(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         save_hybrid(accelerator.unwrap_model(model), weights, paths.base, paths.out)
@@ -244,23 +286,6 @@ def save_hybrid(model: PreTrainedModel, weights: dict[str, torch.Tensor], base_d
 def load_hybrid(directory: Path) -> PreTrainedModel:
     """A phase-2 hybrid saved by `save_hybrid`."""
     return load_trm(AutoModelForCausalLM.from_pretrained(directory), directory / "trm")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    target_modules: str | tuple[str, ...]
-    alpha_per_rank: float
-    dropout: float
-    lr: float
-
-    @classmethod
-    def from_params(cls, raw: dict[str, Any], where: str = "params.yaml:lora") -> LoraSettings:
-        expected = {"target_modules", "alpha_per_rank", "dropout", "lr"}
-        if set(raw) != expected:
-            raise ParamsError(f"{where}: expected keys {sorted(expected)}, got {sorted(raw)}")
-        targets = raw["target_modules"]
-        targets = targets if isinstance(targets, str) else tuple(targets)
-        return cls(targets, float(raw["alpha_per_rank"]), float(raw["dropout"]), float(raw["lr"]))
 
 
 def lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torch.nn.Module:
@@ -308,14 +333,55 @@ def run_lora(
     if abs(count - target) > 0.1 * target:
         warnings.warn(f"LoRA rank {rank} gives {count} trainable parameters vs TRM's {target}",
                       stacklevel=2)
-    groups = [ParamGroup("lora", trainable, settings.lr)]
+    groups = split_by_init(trainable, lambda n: ".lora_B." in n, settings.lr,
+                           settings.b_lr_multiplier, "lora")
     identity = {"arm": "lora", "base": provenance["state_sha256"], "rank": rank,
                 "lora": asdict(settings)}
-    result, held_out = _run(model, groups, paths, config, accelerator,
-                            Trainable.for_phase("lora", None, lora_rank=rank), identity)
+    planned = Trainable.for_phase("lora", None, lora_rank=rank)
+    result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
+                            identity)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         with atomic_dir(paths.out) as tmp:  # PEFT keeps the adapter's keys from `state_dict`
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
     metrics = _metrics(result, held_out, count, _unique_count(model))
-    return metrics | {"lora_rank": rank, "trm_trainable_params": target}
+    return metrics | {"lora_rank": rank, "trm_trainable_params": target,
+                      "lr_groups": {g.name: g.lr for g in groups}}
+
+
+def run_llama_pro(
+    paths: Paths,
+    trm: TRMConfig,
+    settings: LlamaProSettings,
+    config: TrainConfig,
+    accelerator: Accelerator | None = None,
+) -> dict[str, Any]:
+    """The other baseline: LLaMA Pro's interleaved zero-output block copies, only they train."""
+    accelerator = accelerator or make_accelerator(config)
+    model, provenance = load_base(paths.base)
+    target = trm_parameter_count(model.config, trm)
+    depth = model.config.get_text_config().num_hidden_layers
+    blocks = settings.blocks or matched_block_count(depth, block_parameter_count(model), target)
+    try:
+        expansion = expand(model, blocks)
+    except ValueError as err:
+        raise ParamsError(f"params.yaml: 'llama_pro.blocks': {err}") from err
+    trainable = freeze_all_but_expansion(model)
+    outputs = tuple(f".{name}." for name in OUTPUT_PROJECTIONS[model.config.model_type])
+    groups = split_by_init(expansion_named_parameters(model),
+                           lambda n: any(fragment in n for fragment in outputs), settings.lr,
+                           settings.out_lr_multiplier, "blocks")
+    identity = {"arm": "llama_pro", "base": provenance["state_sha256"], "hosts": expansion.hosts,
+                "llama_pro": asdict(settings)}
+    planned = Trainable(new_layers=expansion.positions)
+    result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
+                            identity)
+    weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
+    if accelerator.is_main_process:
+        save_expansion(accelerator.unwrap_model(model), paths.out, tensors=weights,
+                       base_sha256=provenance["state_sha256"], base_name=provenance["name"],
+                       base_revision=provenance["revision"])
+    metrics = _metrics(result, held_out, trainable, _unique_count(model))
+    return metrics | {"blocks": blocks, "hosts": list(expansion.hosts),
+                      "trm_trainable_params": target,
+                      "lr_groups": {g.name: g.lr for g in groups}}

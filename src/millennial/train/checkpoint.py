@@ -25,6 +25,7 @@ from millennial.atomic import atomic_dir, write_json
 PREFIX = "step-"
 IDENTITY_FILE = "identity.json"
 LOGS = "logs"
+AVERAGE_FILE = "average.safetensors"
 
 
 @dataclass
@@ -62,15 +63,20 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
     keep: int,
     logs: Path | None = None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `directory/step-NNNNNN/` whole, then drop all but the newest `keep` checkpoints.
 
-    `logs` (the run's dvclive directory, complete up to this step) is copied in alongside.
+    `logs` (the run's dvclive directory, complete up to this step) is copied in alongside, and
+    the weight average, when the run keeps one.
     """
     target = directory / f"{PREFIX}{progress.step:06d}"
     with atomic_dir(target) as tmp:
         save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()},
                   str(tmp / "trainable.safetensors"))
+        if average is not None:
+            save_file({n: t.detach().cpu().contiguous() for n, t in average.items()},
+                      str(tmp / AVERAGE_FILE))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler_state, tmp / "scheduler.pt")
         for rank, state in enumerate(rng_states):  # one per process: dropout streams differ
@@ -98,6 +104,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any]
     scheduler_state: dict[str, Any]
     rng: dict[str, Any]
+    average: dict[str, torch.Tensor] | None = None  # the weight average (EMA), if kept
 
     def restore_logs(self, logs: Path) -> bool:
         """Put back the logs saved with this checkpoint at `logs`; False if it saved none."""
@@ -122,6 +129,7 @@ def load_latest(directory: Path, rank: int) -> Checkpoint | None:
         optimizer_state=torch.load(path / "optimizer.pt", weights_only=False),
         scheduler_state=torch.load(path / "scheduler.pt", weights_only=False),
         rng=torch.load(path / f"rng-{rank}.pt", weights_only=False),
+        average=load_file(str(path / AVERAGE_FILE)) if (path / AVERAGE_FILE).is_file() else None,
     )
 
 

@@ -9,34 +9,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-
-IGNORE_INDEX = -100  # HF's label value for tokens the loss skips
 
 
 @dataclass(frozen=True)
 class PackedData:
-    """Rows of fixed-length token blocks with a loss mask (1 = scored)."""
+    """Rows of fixed-length token blocks with each token's loss weight (0 = not scored)."""
 
     input_ids: torch.Tensor  # (rows, block) int64
-    loss_mask: torch.Tensor  # (rows, block) bool
+    loss_weight: torch.Tensor  # (rows, block) float32: the source's mixture weight where scored
 
     @classmethod
-    def from_parquet(cls, path: str | Path, kind: str | None = None) -> PackedData:
-        """Load packed blocks; `kind` ("text" or "task") keeps only blocks of that kind."""
+    def from_parquet(cls, path: str | Path) -> PackedData:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: packed data not found; run the curate stage first")
-        table = pq.read_table(path, columns=["input_ids", "loss_mask", "kind"])
-        if kind is not None:
-            table = table.filter(pc.equal(table.column("kind"), kind))
+        table = pq.read_table(path, columns=["input_ids", "loss_mask", "loss_weight"])
         if table.num_rows == 0:
-            raise ValueError(f"{path}: no rows" + (f" of kind {kind!r}" if kind else ""))
+            raise ValueError(f"{path}: no rows")
         ids = torch.tensor(table.column("input_ids").to_pylist(), dtype=torch.long)
         mask = torch.tensor(table.column("loss_mask").to_pylist(), dtype=torch.bool)
-        return cls(ids, mask)
+        weight = torch.tensor(table.column("loss_weight").to_pylist(), dtype=torch.float32)
+        if bool(((weight != 0) & ~mask).any()) or bool((weight < 0).any()):
+            raise ValueError(f"{path}: loss_weight must be >= 0, and 0 wherever loss_mask is 0 "
+                             "(a curated file is; re-run curate)")
+        return cls(ids, weight)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -45,14 +43,13 @@ class PackedData:
     def block_size(self) -> int:
         return self.input_ids.shape[1]
 
-    def scored_tokens(self, indices: list[int]) -> int:
-        """Tokens the loss scores in these rows (labels shift by one: position 0 never is)."""
-        return int(self.loss_mask[indices][:, 1:].sum())
+    def scored_weight(self, indices: list[int]) -> float:
+        """Total loss weight of these rows' targets (labels shift by one: position 0 never is):
+        the normaliser of a global batch's loss."""
+        return float(self.loss_weight[indices][:, 1:].double().sum())
 
     def rows(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        ids = self.input_ids[indices]
-        labels = ids.masked_fill(~self.loss_mask[indices], IGNORE_INDEX)
-        return {"input_ids": ids, "labels": labels}
+        return {"input_ids": self.input_ids[indices], "loss_weight": self.loss_weight[indices]}
 
 
 def global_batch_indices(rows: int, global_batch: int, step: int, seed: int) -> list[int]:

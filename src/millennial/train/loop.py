@@ -1,20 +1,23 @@
 """The one training loop: single process on CPU or GPU, DDP or FSDP under `accelerate launch`.
 
 What it trains is decided by the caller (named parameter groups with their learning rates); the
-loop owns order, precision, accumulation, deep supervision, clipping, checkpoints and logging.
+loop owns order, precision, accumulation, deep supervision, clipping, the weight average (EMA),
+checkpoints and logging. The loss is the curated mixture's: each target token's cross-entropy
+times its loss weight, over the total weight of the global batch.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from dvclive import Live
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from millennial.fingerprint import tensors_sha256
+from millennial.heldout import HeldOutLosses
 from millennial.hybrid.injection import deep_supervision
 from millennial.train.checkpoint import (
     Progress,
@@ -34,7 +38,12 @@ from millennial.train.checkpoint import (
 )
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData, global_batch_indices, micro_batches
-from millennial.train.state import gather_training_state, load_training_state
+from millennial.train.state import (
+    gather_trainable,
+    gather_training_state,
+    load_training_state,
+    load_weights,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -57,8 +66,48 @@ class TrainResult:
     losses: list[float]
     resumed_from_step: int
     seconds: float
-    held_out_before: dict[str, float]  # from `held_out` on the initial weights ({} without it)
-    held_out_after: dict[str, float]
+    held_out_before: HeldOutLosses | None  # from `held_out` on the initial weights
+    held_out_after: HeldOutLosses | None  # on the final weights (the average, with EMA)
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights (TRM evaluates with it: 87.4 vs 79.9
+    on Sudoku-Extreme without). Kept in each parameter's own layout, so DDP and FSDP shards
+    average locally; it moves in and out of the parameters to be gathered or restored."""
+
+    def __init__(self, parameters: list[nn.Parameter], decay: float) -> None:
+        self.parameters, self.decay = parameters, decay
+        self.shadow = [p.detach().clone() for p in parameters]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for average, parameter in zip(self.shadow, self.parameters, strict=True):
+            average.lerp_(parameter.detach(), 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within this block the parameters hold the average."""
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in self.parameters]
+            self.install()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(self.parameters, kept, strict=True):
+                    parameter.copy_(value)
+
+    @torch.no_grad()
+    def install(self) -> None:
+        """The parameters take the average for good (the run's result)."""
+        for parameter, average in zip(self.parameters, self.shadow, strict=True):
+            parameter.copy_(average)
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """The average takes the parameters' current values (after loading it into them)."""
+        for average, parameter in zip(self.shadow, self.parameters, strict=True):
+            average.copy_(parameter)
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -80,7 +129,8 @@ def train(
     accelerator: Accelerator,
     live_dir: Path | None = None,
     identity: dict[str, Any] | None = None,
-    held_out: Callable[[nn.Module], dict[str, float]] | None = None,
+    held_out: Callable[[nn.Module], HeldOutLosses] | None = None,
+    step_context: Callable[[nn.Module, int], AbstractContextManager[Any]] | None = None,
 ) -> TrainResult:
     """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`.
 
@@ -89,6 +139,9 @@ def train(
     different identity are dropped rather than resumed. `held_out` scores the prepared model
     before (initial weights) and after training: under FSDP only the prepared model is whole
     across processes (with RAM-efficient loading, only process 0 even holds the base's weights).
+    `step_context(module, step)` wraps each optimizer step (a depth curriculum sets the TRM's
+    depth there); it must be a pure function of the step, so a resumed run repeats it.
+    With `config.ema_decay` > 0 the model ends holding the weight average.
     """
     if accelerator.is_main_process:
         changed = claim_run_dir(run_dir, _identity(identity or {}, groups, data, config,
@@ -109,11 +162,17 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     module = accelerator.unwrap_model(model)
     trainable = [p for p in module.parameters() if p.requires_grad]
-    before = held_out(module) if held_out is not None else {}
+    before = held_out(module) if held_out is not None else None
+    average = WeightAverage(trainable, config.ema_decay) if config.ema_decay > 0 else None
     checkpoints = run_dir / "checkpoints"
     progress = Progress()
     latest = load_latest(checkpoints, accelerator.process_index)
     if latest is not None:
+        if average is not None:  # the average goes through the parameters to reach its shards
+            if latest.average is None:
+                raise RuntimeError(f"{latest.path}: no weight average saved, but ema_decay > 0")
+            load_weights(module, latest.average)
+            average.capture()
         load_training_state(module, optimizer, latest.trainable, latest.optimizer_state)
         scheduler.load_state_dict(latest.scheduler_state)
         set_rng_state(latest.rng)
@@ -137,12 +196,15 @@ def train(
         step_start = time.perf_counter()
         indices = global_batch_indices(len(data), global_batch, progress.step, config.seed)
         micros = micro_batches(indices, config.batch_size, world, rank)
-        scored = data.scored_tokens(indices)
-        with supervision(accelerator.unwrap_model(model)) if supervision else nullcontext():
+        scored = data.scored_weight(indices) or 1.0  # nothing scored: a zero loss, not 0/0
+        context = step_context(module, progress.step) if step_context else nullcontext()
+        with context, supervision(module) if supervision else nullcontext():
             for _ in range(config.deep_supervision_steps):
                 loss, norm = _optimizer_step(model, optimizer, micros, scored, data, accelerator,
                                              trainable, config, progress.step)
                 scheduler.step()
+                if average is not None:
+                    average.update()
         tokens = global_batch * data.block_size * config.deep_supervision_steps
         progress.step += 1
         progress.tokens += tokens
@@ -157,18 +219,20 @@ def train(
             live.next_step()
         if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
             _checkpoint(accelerator, checkpoints, progress, module, optimizer, scheduler,
-                        config.keep_checkpoints, live_dir)
+                        config.keep_checkpoints, live_dir, average)
     bar.close()
     if live is not None:
         live.end()
     seconds = time.perf_counter() - start
-    after = held_out(module) if held_out is not None else {}
+    if average is not None:
+        average.install()
+    after = held_out(module) if held_out is not None else None
     return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from, seconds,
                        before, after)
 
 
 # Fields that do not change what a run computes: changing them keeps its checkpoints.
-_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "eval_batches")
+_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "eval_examples")
 
 
 def _identity(extra: dict[str, Any], groups: list[ParamGroup], data: PackedData,
@@ -178,7 +242,8 @@ def _identity(extra: dict[str, Any], groups: list[ParamGroup], data: PackedData,
         **extra,
         "train": trajectory,
         "processes": processes,
-        "data_sha256": tensors_sha256({"input_ids": data.input_ids, "loss_mask": data.loss_mask}),
+        "data_sha256": tensors_sha256({"input_ids": data.input_ids,
+                                       "loss_weight": data.loss_weight}),
         "groups": {g.name: {"lr": g.lr, "shapes": {n: list(p.shape)
                                                    for n, p in g.parameters.items()}}
                    for g in groups},
@@ -189,7 +254,7 @@ def _optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     micros: list[list[int]],
-    scored: int,
+    scored: float,
     data: PackedData,
     accelerator: Accelerator,
     trainable: list[nn.Parameter],
@@ -198,8 +263,9 @@ def _optimizer_step(
 ) -> tuple[float, float]:
     """One optimizer step over the micro-batches; returns (global mean loss, gradient norm).
 
-    Each micro-batch's loss is its token sum over the `scored` tokens of the whole global batch,
-    so any split into micro-batches and processes gives the gradient one process would compute.
+    Each micro-batch's loss is its weighted token sum over the `scored` weight of the whole global
+    batch, so any split into micro-batches and processes gives the gradient one process would
+    compute.
     """
     optimizer.zero_grad(set_to_none=True)
     world = accelerator.num_processes
@@ -208,7 +274,7 @@ def _optimizer_step(
         batch = {k: v.to(accelerator.device) for k, v in data.rows(rows).items()}
         last = index == len(micros) - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            loss = model(**batch, use_cache=False, num_items_in_batch=scored).loss
+            loss = weighted_loss(model, batch["input_ids"], batch["loss_weight"]) / scored
             accelerator.backward(loss * world)  # DDP averages gradients over processes
         total += loss.detach()
     mean_loss = accelerator.reduce(total, reduction="sum").item()
@@ -221,6 +287,15 @@ def _optimizer_step(
     return mean_loss, norm
 
 
+def weighted_loss(model: nn.Module, input_ids: torch.Tensor,
+                  loss_weight: torch.Tensor) -> torch.Tensor:
+    """Sum over target tokens of cross-entropy x loss weight (weight 0: not scored)."""
+    logits = model(input_ids=input_ids, use_cache=False).logits
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(),
+                          reduction="none")
+    return (nll * loss_weight[:, 1:].flatten()).sum()
+
+
 def _checkpoint(
     accelerator: Accelerator,
     directory: Path,
@@ -230,25 +305,15 @@ def _checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int,
     logs: Path | None,
+    average: WeightAverage | None,
 ) -> None:
     states = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
     weights, optimizer_state = gather_training_state(module, optimizer)  # every process
+    averaged = None
+    if average is not None:
+        with average.applied():  # every process; cloned: a plain model's state dict is a view
+            averaged = {n: t.clone() for n, t in gather_trainable(module).items()}
     if accelerator.is_main_process:
         save_checkpoint(directory, progress, weights, optimizer_state, scheduler.state_dict(),
-                        states, keep, logs)
+                        states, keep, logs, averaged)
     accelerator.wait_for_everyone()
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, data: PackedData, batches: int, batch_size: int) -> float:
-    """Mean LM loss over the first `batches` batches of `data` (held-out loss, fixed order)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    losses = []
-    for start in range(0, min(len(data), batches * batch_size), batch_size):
-        rows = list(range(start, min(start + batch_size, len(data))))
-        batch = {k: v.to(device) for k, v in data.rows(rows).items()}
-        losses.append(model(**batch, use_cache=False).loss.item())
-    model.train(was_training)
-    return sum(losses) / len(losses)

@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
@@ -72,3 +73,11 @@ def load_training_state(
         raise KeyError(f"checkpoint lacks trainable parameters: {sorted(missing)[:5]}")
     set_state_dict(model, _unwrap(optimizer), model_state_dict=dict(weights),
                    optim_state_dict=optimizer_state, options=_LOAD)
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Whole trainable tensors into the (maybe sharded) parameters; each process keeps its own."""
+    missing = trainable_names(model) - set(weights)
+    if missing:
+        raise KeyError(f"state lacks trainable parameters: {sorted(missing)[:5]}")
+    set_model_state_dict(model, dict(weights), options=_LOAD)
