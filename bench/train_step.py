@@ -37,7 +37,8 @@ def worker(variant: str, base_dir: Path) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
     from millennial.hybrid import freeze_base, inject
-    from millennial.train.arms import LoraSettings, lora_model, matched_lora_rank
+    from millennial.train.arms import lora_model, matched_lora_rank
+    from millennial.train.settings import LoraSettings
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_dir)

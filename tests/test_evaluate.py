@@ -1,4 +1,5 @@
-"""The evaluate and report stages end to end on a tiny random base with a trained TRM adapter."""
+"""The evaluate_<arm>, evaluate and report stages end to end on a tiny random base with a
+trained TRM adapter, LoRA and LLaMA Pro."""
 
 from __future__ import annotations
 
@@ -18,15 +19,23 @@ from millennial.base import prepare_base
 from millennial.cost.meter import Meter
 from millennial.cost.planner import forward_flops_per_token, model_shape, trm_call_flops
 from millennial.data import TEXT_KIND, task_record
-from millennial.data.curate import DOCUMENT_SCHEMA
+from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
 from millennial.evaluate import flops_per_token
-from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, iter_arms
-from millennial.evaluate.metrics import encode_prompts, greedy_generate, pad_batch
+from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, load_arm
+from millennial.evaluate.metrics import (
+    ANSWER_SLACK,
+    encode_prompts,
+    greedy_generate,
+    score_examples,
+    select_examples,
+)
+from millennial.heldout import pad_batch, read_split
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.injection import Depth, recursion_depth
-from millennial.train.arms import LoraSettings, Paths, load_base, run_lora, run_phase1
+from millennial.train.arms import Paths, load_base, run_llama_pro, run_lora, run_phase1
 from millennial.train.config import TrainConfig
+from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_SPEC = {"source": "tiny-random", "tiny_random": {
@@ -35,8 +44,9 @@ BASE_SPEC = {"source": "tiny-random", "tiny_random": {
 TRM = TRMConfig(injection_layers=[-1], hidden_size=32, num_heads=2, num_layers=1,
                 latent_steps=2, cycles=2, ffn_size=64)
 # Ten steps learn the trivial task below on this base (deterministic: seeded init and order).
-TRAIN = TrainConfig(seed=0, max_steps=10, batch_size=4, lr=1e-2, warmup_steps=2,
-                    checkpoint_every=100, keep_checkpoints=1, eval_batches=1)
+TRAIN = TrainConfig(seed=0, max_steps=10, batch_size=4, warmup_steps=2,
+                    checkpoint_every=100, keep_checkpoints=1, eval_examples=2)
+PHASE1 = Phase1Settings(lr=1e-2, out_lr_multiplier=1.0)
 EVALUATE = {
     "seed": 0, "splits": ["test", "test_ood"], "max_examples": 8, "max_new_tokens": 6,
     "batch_size": 8,
@@ -91,24 +101,25 @@ def _write_packed(root: Path) -> None:
               for b in packer.add(e)]
     packed = root / "data/curated/packed"
     packed.mkdir(parents=True)
-    table = pa.table({"input_ids": [b[0] for b in blocks], "loss_mask": [b[1] for b in blocks],
-                      "kind": ["task"] * len(blocks)})
-    for split in ("train", "val"):
-        pq.write_table(table, packed / f"{split}.parquet")
+    rows = [{"input_ids": b.ids, "loss_mask": b.mask, "loss_weight": b.weights} for b in blocks]
+    pq.write_table(pa.Table.from_pylist(rows, schema=PACKED_SCHEMA), packed / "train.parquet")
 
 
 def _train(root: Path, stage: str, arm: str) -> None:
     paths = Paths(base=root / "models/base", train_data=root / "data/curated/packed/train.parquet",
-                  val_data=root / "data/curated/packed/val.parquet", out=root / "models" / arm,
+                  documents=root / "data/curated/documents", out=root / "models" / arm,
                   run=root / "runs" / arm)
+    short = replace(TRAIN, max_steps=2)
     with Meter(stage, params_path=root / "params.yaml", out_dir=root / "metrics/cost",
                device="cpu", energy_methods=("tdp",)):
         if arm == "phase1":
-            metrics = run_phase1(paths, TRM, TRAIN)
-        else:
+            metrics = run_phase1(paths, TRM, PHASE1, TRAIN)
+        elif arm == "lora":
             lora = LoraSettings(target_modules="all-linear", alpha_per_rank=2.0, dropout=0.0,
                                 lr=3e-3)
-            metrics = run_lora(paths, TRM, lora, replace(TRAIN, max_steps=2))
+            metrics = run_lora(paths, TRM, lora, short)
+        else:
+            metrics = run_llama_pro(paths, TRM, LlamaProSettings(blocks=None, lr=3e-3), short)
     (root / "metrics" / f"{stage}.json").write_text(json.dumps(metrics))
 
 
@@ -123,6 +134,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "metrics").mkdir()
     _train(root, "train_phase1", "phase1")
     _train(root, "train_lora", "lora")
+    _train(root, "train_llama_pro", "llama_pro")
     (root / "models/phase2").mkdir()
     (root / "models/phase2/skipped.json").write_text('{"skipped": true}\n')
     (root / "data/validated").mkdir(parents=True)
@@ -142,13 +154,20 @@ def _stage_main(name: str, patch: pytest.MonkeyPatch) -> Callable[[list[str]], i
 def evaluated(workspace: Path) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workspace)
+        for arm in ("base", "phase1", "phase2", "lora", "llama_pro"):
+            assert _stage_main("evaluate_arm", patch)([arm]) == 0
         assert _stage_main("evaluate", patch)([]) == 0
     yield workspace
 
 
 def _arm_paths(root: Path) -> ArmPaths:
     models = root / "models"
-    return ArmPaths(models / "base", models / "phase1", models / "phase2", models / "lora")
+    return ArmPaths(models / "base", models / "phase1", models / "phase2", models / "lora",
+                    models / "llama_pro")
+
+
+def _arm(root: Path, name: str):
+    return load_arm(name, _arm_paths(root), *pad_batch(_prompts(root), 0, "left"))
 
 
 def _prompts(root: Path) -> list[list[int]]:
@@ -158,56 +177,77 @@ def _prompts(root: Path) -> list[list[int]]:
 
 def test_the_base_arm_computes_exactly_the_base(workspace: Path) -> None:
     ids, mask = pad_batch(_prompts(workspace), 0, "left")
-    arms = iter_arms(_arm_paths(workspace), ids, mask)
-    base_arm, phase1_arm = next(arms), next(arms)
+    base, phase1 = _arm(workspace, "base"), _arm(workspace, "phase1")
     plain, _ = load_base(workspace / "models/base")
     with torch.no_grad():
         expected = plain(input_ids=ids, attention_mask=mask).logits
-        with base_arm.active():
-            assert torch.equal(base_arm.model(input_ids=ids, attention_mask=mask).logits,
-                               expected)
-        with phase1_arm.active():
-            trained = phase1_arm.model(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(base(input_ids=ids, attention_mask=mask).logits, expected)
+        trained = phase1(input_ids=ids, attention_mask=mask).logits
         plain.get_input_embeddings().weight[5] += 1e-3  # a base that is not this adapter's
     assert not torch.equal(trained, expected)
     with pytest.raises(BaseArmMismatch, match="would not be the base"):
-        check_base_arm(phase1_arm.model, plain, ids, mask)
+        check_base_arm(phase1, plain, ids, mask)
 
 
 def test_batched_left_padded_decoding_matches_one_at_a_time(workspace: Path) -> None:
     prompts = _prompts(workspace)
-    arms = iter_arms(_arm_paths(workspace), *pad_batch(prompts, 0, "left"))
-    next(arms)
-    phase1 = next(arms)
+    phase1 = _arm(workspace, "phase1")
     _, info = load_tokenizer(workspace / "models/base")
     options = dict(max_new_tokens=5, eos_id=info.eos_token_id, pad_id=info.pad_token_id)
-    batched = greedy_generate(phase1.model, prompts, batch_size=4, **options)
-    single = greedy_generate(phase1.model, prompts, batch_size=1, **options)
+    batched = greedy_generate(phase1, prompts, batch_size=4, **options)
+    single = greedy_generate(phase1, prompts, batch_size=1, **options)
     assert batched.continuations == single.continuations
+
+
+def test_each_group_decodes_only_what_its_answers_need(workspace: Path) -> None:
+    tokenizer, info = load_tokenizer(workspace / "models/base")
+    examples = select_examples(read_split(workspace / "data/curated/documents", "test"), 8)
+    scored = score_examples(_arm(workspace, "phase1"), tokenizer, examples, max_new_tokens=40,
+                            batch_size=8, pad_id=info.pad_token_id)
+    per_example = len(f" {ANSWER}") + 1 + ANSWER_SLACK  # byte tokens: " ok", EOS, slack
+    assert scored.generated_tokens <= len(examples) * per_example
+    assert len(scored.scores) == len(examples) == 8
+    for score in scored.scores:  # exact implies prefix implies the first token was right
+        assert score.prefix >= score.exact and score.first_token >= score.prefix
+        assert score.answer_loss > 0
 
 
 def test_a_trained_trm_beats_the_base_and_every_output_is_written(evaluated: Path) -> None:
     result = json.loads((evaluated / "metrics/eval.json").read_text())
     arms = result["arms"]
-    assert set(arms) == {"base", "phase1", "lora"}  # phase 2 was skipped
+    assert set(arms) == {"base", "phase1", "lora", "llama_pro"}  # phase 2 was skipped
     phase1, base = arms["phase1"]["overall"]["all"], arms["base"]["overall"]["all"]
     assert phase1["accuracy"] > base["accuracy"]
-    assert arms["phase1"]["tasks"]["constant"]["test"]["n"] == 8
-    assert arms["phase1"]["tasks"]["constant"]["test_ood"]["n"] == 6
+    assert arms["phase1"]["task_loss"]["test"] < arms["base"]["task_loss"]["test"]
+    cell = arms["phase1"]["tasks"]["constant"]
+    assert cell["test"]["n"] == 8 and cell["test_ood"]["n"] == 6
+    assert {"exact", "prefix", "first_token", "answer_loss"} <= set(cell["test"])
     assert arms["base"]["ppl_text_vs_base"] == 1.0
     assert arms["phase1"]["training"]["trainable_params"] > 0
+    assert arms["llama_pro"]["training"]["trainable_params"] > 0
     assert arms["phase1"]["accuracy_gain_per_usd"] is not None
+    assert set(result["comparisons"]) == {"phase1_vs_lora", "phase1_vs_llama_pro",
+                                          "phase1_vs_base"}
+    assert result["comparisons"]["phase1_vs_base"]["exact"]["n"] == 14
+    for arm in ("base", "phase1", "lora", "llama_pro"):
+        rows = pq.read_table(evaluated / f"data/eval/{arm}.parquet").to_pylist()
+        assert len(rows) == 14 and {r["split"] for r in rows} == {"test", "test_ood"}
+    assert json.loads((evaluated / "metrics/eval/phase2.json").read_text())["skipped"]
     for name in ("reports/figures/eval_accuracy.png", "reports/figures/eval_sweep.png"):
         assert (evaluated / name).read_bytes().startswith(b"\x89PNG")
     eval_md = (evaluated / "reports/eval.md").read_text()
-    assert eval_md.startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
+    assert eval_md.startswith("- **TRM phase 1 vs LoRA: ")
+    assert "- **TRM phase 1 vs base: WON.**" in eval_md
     card = (evaluated / "models/phase1/README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "apache-2.0" and front["datasets"] == ["trivial"]
     provenance = json.loads((evaluated / "models/base/provenance.json").read_text())
     assert provenance["state_sha256"] in card and "validated, 3/3 checks passed" in card
-    cost = json.loads((evaluated / "metrics/cost/evaluate.json").read_text())
-    assert cost["status"] == "ok" and cost["tokens"] > 0 and cost["flops"] > 0
+    for stage in ("evaluate_base", "evaluate_phase1", "evaluate_lora", "evaluate_llama_pro"):
+        cost = json.loads((evaluated / f"metrics/cost/{stage}.json").read_text())
+        assert cost["status"] == "ok" and cost["tokens"] > 0 and cost["flops"] > 0, stage
+    skipped = json.loads((evaluated / "metrics/cost/evaluate_phase2.json").read_text())
+    assert skipped["status"] == "skipped"
 
 
 def test_the_sweep_runs_the_depths_it_claims(evaluated: Path) -> None:
@@ -221,18 +261,19 @@ def test_the_sweep_runs_the_depths_it_claims(evaluated: Path) -> None:
 
 
 def test_each_arm_is_charged_the_flops_of_the_depth_it_runs(workspace: Path) -> None:
-    arms = {arm.name: arm for arm in iter_arms(_arm_paths(workspace), *pad_batch(
-        _prompts(workspace), 0, "left"))}
-    shape = model_shape(arms["base"].model.config)
-    base = forward_flops_per_token(shape, 40).model
-    with arms["base"].active():
-        assert flops_per_token(arms["base"], 40) == base  # TRM off: none of its calls
-    assert flops_per_token(arms["lora"], 40) == base  # merged into the base's weights
-    trained = flops_per_token(arms["phase1"], 40)
-    with recursion_depth(arms["phase1"].model, Depth(cycles=8, latent_steps=2)):
-        deeper = flops_per_token(arms["phase1"], 40)
+    base, phase1 = _arm(workspace, "base"), _arm(workspace, "phase1")
+    shape = model_shape(base.config)
+    plain = forward_flops_per_token(shape, 40).model
+    assert flops_per_token(base, 40) == plain
+    assert flops_per_token(_arm(workspace, "lora"), 40) == plain  # merged into the base
+    expanded = _arm(workspace, "llama_pro")
+    assert flops_per_token(expanded, 40) == forward_flops_per_token(
+        model_shape(expanded.config), 40).model > plain  # its added layer runs too
+    trained = flops_per_token(phase1, 40)
+    with recursion_depth(phase1, Depth(cycles=8, latent_steps=2)):
+        deeper = flops_per_token(phase1, 40)
     one_call = sum(trm_call_flops(TRM, 40))  # 2 x 3 calls trained, 8 x 3 in the sweep
-    assert trained - base == pytest.approx(forward_flops_per_token(shape, 40, TRM).trm_forward)
+    assert trained - plain == pytest.approx(forward_flops_per_token(shape, 40, TRM).trm_forward)
     assert deeper - trained == pytest.approx((8 - 2) * 3 * one_call)
 
 
@@ -246,7 +287,7 @@ stages:
       md5: 0123456789abcdef0123456789abcdef.dir
     params:
       params.yaml:
-        train.lr: 0.01
+        phase1.lr: 0.01
     outs:
     - path: models/phase1/trm.safetensors
       md5: fedcba9876543210fedcba9876543210
@@ -262,13 +303,14 @@ def test_the_report_stage_summarises_cost_evaluation_and_lineage(evaluated: Path
         finally:
             (evaluated / "dvc.lock").unlink()
     summary = (evaluated / "reports/summary.md").read_text()
-    assert summary.startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
+    assert summary.startswith("- **TRM phase 1 vs LoRA: ")
     assert "## Lineage of `models/phase1`" in summary and "### 1. `train_phase1`" in summary
     assert "d" * 64 in summary  # the validated data's hash
     assert "| train_phase1 | ok |" in summary and "| evaluate | ok |" in summary
     assert (evaluated / "reports/cost.md").is_file()
     assert set(json.loads((evaluated / "metrics/cost.json").read_text())["stages"]) == {
-        "evaluate", "train_lora", "train_phase1"}
+        "evaluate", "evaluate_base", "evaluate_lora", "evaluate_llama_pro", "evaluate_phase1",
+        "evaluate_phase2", "train_lora", "train_llama_pro", "train_phase1"}
 
 
 def test_the_report_stage_needs_the_lineage_in_dvc_lock(

@@ -7,60 +7,121 @@ from pathlib import Path
 
 import pytest
 
-from millennial.evaluate import EvalConfig, Measured, assemble
-from millennial.evaluate.report import hub_id, plot_accuracy, render_eval_markdown, verdict
-from millennial.evaluate.stats import Proportion
+from millennial.evaluate import ArmEvaluation, EvalConfig, compare, summarise
+from millennial.evaluate.report import (
+    hub_id,
+    outcome,
+    plot_accuracy,
+    render_eval_markdown,
+    verdict,
+)
+from millennial.evaluate.stats import paired_difference, paired_proportions
 from millennial.params import ParamsError
 
+TASKS = ("addition", "pointer_chase")
 
-def _result(correct: dict[str, int], n: int = 40) -> dict:
-    measured = {
-        arm: Measured(cells={("addition", "test"): Proportion(hits, n),
-                             ("addition", "test_ood"): Proportion(hits // 2, n)},
-                      ppl_text=10.0, ppl_task=5.0, tokens_per_s=100.0, latency_ms=10.0, tokens=1)
-        for arm, hits in correct.items()
-    }
-    training = {arm: {"trainable_params": 0, "stages": [], "usd": 1.0, "device_hours": 1.0,
-                      "gpu_hours": 1.0, "energy_kwh": 1.0, "missing": [], "failed": []}
-                for arm in correct}
-    return {"arms": assemble(measured, training), "examples": {"addition": {"test": n,
-                                                                            "test_ood": n}},
-            "text_docs": 3, "settings": asdict(EvalConfig()), "flops_method": "2ND"}
+
+def _rows(hits: dict[tuple[str, str], int], loss: float, n: int) -> list[dict]:
+    """n examples per (task, split), the first `hits` of each answered exactly."""
+    return [{"task": task, "split": split, "difficulty": 1, "content_hash": f"{task}{split}{i}",
+             "answer": "1", "prediction": "1" if i < hits.get((task, split), 0) else "2",
+             "exact": i < hits.get((task, split), 0), "prefix": i < hits.get((task, split), 0),
+             "first_token": True, "answer_loss": loss + 0.01 * (i % 3)}
+            for task in TASKS for split in ("test", "test_ood") for i in range(n)]
+
+
+def _result(arms: dict[str, tuple[dict[tuple[str, str], int], float]], n: int = 50) -> dict:
+    evaluations = {}
+    for name, (hits, loss) in arms.items():
+        rows = _rows(hits, loss, n)
+        summary = {"arm": name, **summarise(rows), "ppl_text": 10.0, "text_docs": 3,
+                   "tokens_per_s": 100.0, "latency_ms_per_token": 10.0,
+                   "forward_flops_per_token": 1.0, "trm_config": None, "sweep": [],
+                   "settings": asdict(EvalConfig())}
+        evaluations[name] = ArmEvaluation(summary, rows)
+    training = {name: {"trainable_params": 0, "flops_per_token": 1.0, "stages": [], "usd": 1.0,
+                       "device_hours": 1.0, "gpu_hours": 1.0, "flops": 1.0, "energy_kwh": 1.0,
+                       "missing": [], "failed": []} for name in arms}
+    return compare(evaluations, training, seed=0)
+
+
+def _even(hits: int) -> dict[tuple[str, str], int]:
+    return {(task, split): hits for task in TASKS for split in ("test", "test_ood")}
 
 
 def test_the_first_line_says_when_phase1_loses_to_lora() -> None:
-    result = _result({"base": 10, "phase1": 12, "lora": 30})
+    result = _result({"base": (_even(5), 2.0), "phase1": (_even(10), 1.0),
+                      "lora": (_even(40), 0.5)})
     first = render_eval_markdown(result, [], {}).splitlines()[0]
-    assert first.startswith("**TRM phase 1 LOST to LoRA; beat base (TRM off)**")
-    assert "TRM phase 1 LOST to LoRA" in verdict(result)[0]
+    assert first.startswith("- **TRM phase 1 vs LoRA: LOST.** Exact match 20.0% vs 80.0%")
+    lines = verdict(result)
+    assert lines[1].startswith("  - Out of distribution, TRM phase 1 loses to LoRA on addition")
+    assert lines[2].startswith("- **TRM phase 1 vs base: WON.**")
 
 
-def test_a_loss_to_the_base_is_named_even_within_the_intervals() -> None:
-    lines = verdict(_result({"base": 12, "phase1": 11, "phase2": 30, "lora": 5}))
-    assert lines[0].startswith("**TRM phase 1 LOST to base (TRM off); beat LoRA**")
-    assert "not established" in lines[1]  # 11/40 vs 12/40: the intervals overlap
-    assert lines[2].startswith("**TRM phase 2 beat LoRA and base (TRM off)**")
+def test_a_difference_inside_the_interval_is_no_difference() -> None:
+    result = _result({"base": (_even(10), 1.0), "phase1": (_even(11), 1.0)})
+    comparison = result["comparisons"]["phase1_vs_base"]
+    assert not comparison["exact"]["established"]
+    assert outcome(comparison) == "NO DIFFERENCE"
+    assert verdict(result)[0].startswith("- **TRM phase 1 vs base: NO DIFFERENCE.**")
+
+
+def test_an_out_of_distribution_win_is_named_by_task() -> None:
+    lora = _even(20)
+    mine = {**lora, ("pointer_chase", "test_ood"): 45}
+    result = _result({"base": (_even(0), 3.0), "phase1": (mine, 1.0), "lora": (lora, 1.0)})
+    lines = verdict(result)
+    assert lines[0].startswith("- **TRM phase 1 vs LoRA: WON.**")
+    assert lines[1].startswith("  - Out of distribution, TRM phase 1 beats LoRA on pointer_chase")
+    assert "addition" not in lines[1]
+
+
+def test_better_loss_but_worse_answers_is_mixed() -> None:
+    result = _result({"base": (_even(20), 1.0), "phase1": (_even(5), 0.2)})
+    assert outcome(result["comparisons"]["phase1_vs_base"]) == "MIXED"
 
 
 def test_a_win_is_reported_with_gain_and_gain_per_dollar() -> None:
-    result = _result({"base": 0, "phase1": 40, "lora": 0})
+    result = _result({"base": (_even(0), 2.0), "phase1": (_even(30), 1.0),
+                      "lora": (_even(0), 2.0)})
     phase1 = result["arms"]["phase1"]
-    assert phase1["overall"]["all"]["accuracy"] == pytest.approx(0.75)
-    assert phase1["accuracy_gain"] == pytest.approx(0.75)
-    assert phase1["accuracy_gain_per_usd"] == pytest.approx(0.75)
+    assert phase1["overall"]["all"]["accuracy"] == pytest.approx(0.6)
+    assert phase1["accuracy_gain"] == pytest.approx(0.6)
+    assert phase1["accuracy_gain_per_usd"] == pytest.approx(0.6)
     assert phase1["ppl_text_vs_base"] == 1.0
-    assert verdict(result)[0].startswith("**TRM phase 1 beat LoRA and base (TRM off)**")
+    assert phase1["task_loss"]["test"] == pytest.approx(1.0098, abs=1e-3)
+    assert phase1["tasks"]["addition"]["test"]["exact"]["n"] == 50
+
+
+def test_paired_difference_is_tight_where_two_overlapping_wilson_intervals_are_not() -> None:
+    """Same examples: arm a answers everything b does and 10 more of 200 (McNemar p = 0.002),
+    although their Wilson intervals, [43, 57] and [48, 62], overlap."""
+    b = [True] * 100 + [False] * 100
+    a = [True] * 110 + [False] * 90
+    diff = paired_proportions(a, b)
+    assert diff.difference == pytest.approx(0.05) and diff.established
+    assert diff.low == pytest.approx(0.0181, abs=1e-3) and diff.high == pytest.approx(0.0809,
+                                                                                   abs=1e-3)
+    few = paired_proportions([True] * 4 + [False] * 196, [False] * 200)  # McNemar p = 0.125
+    assert few.difference == pytest.approx(0.02) and not few.established
+    stratified = paired_difference([1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0],
+                                   strata=["x", "x", "y", "y"])
+    assert stratified.difference == pytest.approx(2.0)  # mean of per-stratum means
+    with pytest.raises(ValueError, match="two equal, non-empty lists"):
+        paired_difference([1.0], [1.0, 2.0])
 
 
 def test_a_missing_cost_record_is_named_not_hidden() -> None:
-    result = _result({"base": 0, "phase1": 40, "lora": 0})
+    result = _result({"base": (_even(0), 2.0), "phase1": (_even(30), 1.0)})
     result["arms"]["phase1"]["training"] |= {"usd": None, "missing": ["train_phase1"]}
     markdown = render_eval_markdown(result, [], {})
     assert "TRM phase 1: no cost record for train_phase1" in markdown
 
 
 def test_accuracy_chart_is_a_png(tmp_path: Path) -> None:
-    plot_accuracy(_result({"base": 3, "phase1": 9, "lora": 7}), tmp_path / "a.png")
+    plot_accuracy(_result({"base": (_even(3), 2.0), "phase1": (_even(9), 1.0),
+                           "lora": (_even(7), 1.5)}), tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -41,7 +41,13 @@ from millennial.evaluate.metrics import (
     score_examples,
     select_examples,
 )
-from millennial.evaluate.stats import Proportion, gain_per_usd, paired_difference, pooled
+from millennial.evaluate.stats import (
+    Proportion,
+    gain_per_usd,
+    paired_difference,
+    paired_proportions,
+    pooled,
+)
 from millennial.evaluate.sweep import sweep_points, sweep_row
 from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
 from millennial.hybrid.injection import recursion_depth, trm_blocks
@@ -344,8 +350,7 @@ def compare_arms(mine: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]
     if keys != [(r["task"], r["split"], r["content_hash"]) for r in theirs]:
         raise DataError("two arms were scored on different examples: re-run their "
                         "evaluate stages on the same data")
-    exact = paired_difference([float(r["exact"]) for r in mine],
-                              [float(r["exact"]) for r in theirs], seed=seed)
+    exact = paired_proportions([r["exact"] for r in mine], [r["exact"] for r in theirs])
     splits = sorted({r["split"] for r in mine})
     task_loss = {}
     by_cell: dict[str, dict[str, Any]] = {}
@@ -356,9 +361,8 @@ def compare_arms(mine: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]
             strata=[mine[i]["task"] for i in index], seed=seed).to_dict()
         for task in sorted({mine[i]["task"] for i in index}):
             cell = [i for i in index if mine[i]["task"] == task]
-            by_cell.setdefault(task, {})[split] = paired_difference(
-                [float(mine[i]["exact"]) for i in cell], [float(theirs[i]["exact"]) for i in cell],
-                seed=seed).to_dict()
+            by_cell.setdefault(task, {})[split] = paired_proportions(
+                [mine[i]["exact"] for i in cell], [theirs[i]["exact"] for i in cell]).to_dict()
     return {"exact": exact.to_dict(), "task_loss": task_loss, "exact_by_cell": by_cell}
 
 

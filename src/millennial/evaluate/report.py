@@ -107,8 +107,9 @@ def verdict(result: dict[str, Any]) -> list[str]:
                 f"({_nats_ci(losses[split])} nats).")
             lines += _cell_lines(trm, rival, comparison)
     if lines:
-        lines.append("Differences are paired (the same examples) with 95% bootstrap intervals; "
-                     "an interval that holds 0 is no difference.")
+        lines.append("Differences are paired (the same examples), with 95% intervals "
+                     "(Agresti-Min for exact match, bootstrap for loss); an interval that holds "
+                     "0 is no difference.")
     return lines
 
 
@@ -125,7 +126,7 @@ def _cell_lines(trm: str, rival: str, comparison: dict[str, Any]) -> list[str]:
     if not won and not lost:
         return []
     parts = [f"beats {ARM_LABELS[rival]} on {', '.join(won)}"] if won else []
-    parts += [f"loses on {', '.join(lost)}"] if lost else []
+    parts += [f"loses to {ARM_LABELS[rival]} on {', '.join(lost)}"] if lost else []
     return [f"  - Out of distribution, {ARM_LABELS[trm]} {'; '.join(parts)}."]
 
 
@@ -259,8 +260,9 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
         "",
         *_comparison_table(result),
         "",
-        "Exact match in percentage points (positive: the TRM arm answers more), task loss in "
-        "nats (negative: the TRM arm is better); 95% paired-bootstrap intervals.",
+        "Exact match in percentage points (positive: the TRM arm answers more; Agresti-Min "
+        "interval for matched proportions), task loss in nats (negative: the TRM arm is "
+        "better; paired bootstrap within each task). 95% intervals.",
         "",
         "## Per task: exact match",
         "",

@@ -3,8 +3,10 @@
 Evaluation runs about a hundred examples per (task, split), where the normal approximation is
 poor near 0 and 1 (0/40 would get a zero-width interval). The Wilson score interval stays inside
 [0, 1] and is honest at 0 and n, so every accuracy in the reports carries one. Two arms answer
-the same examples, so their difference gets a paired bootstrap interval, much tighter than two
-overlapping Wilson intervals suggest; a difference whose interval holds zero is no difference.
+the same examples, so their difference is paired: for exact match the Agresti-Min interval for
+matched proportions (it stays honest when few answers differ, where a bootstrap is
+overconfident), for losses a paired bootstrap. A difference whose interval holds 0 is no
+difference.
 """
 
 from __future__ import annotations
@@ -99,6 +101,23 @@ class Difference:
     def to_dict(self) -> dict[str, Any]:
         return {"difference": self.difference, "low": self.low, "high": self.high, "n": self.n,
                 "established": self.established}
+
+
+def paired_proportions(a: list[bool], b: list[bool], z: float = Z95) -> Difference:
+    """Difference of two matched proportions (the same examples right or wrong under two arms),
+    with the Agresti-Min (2005) interval: a Wald interval after adding 1/2 to each cell of the
+    2x2 table. Only the discordant pairs inform it."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired proportions need two equal, non-empty lists; got {len(a)} "
+                         f"and {len(b)}")
+    n = len(a)
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    shrunk = n + 2
+    p_a, p_b = (only_a + 0.5) / shrunk, (only_b + 0.5) / shrunk
+    centre = p_a - p_b
+    half = z * math.sqrt(max(p_a + p_b - centre * centre, 0.0) / shrunk)
+    return Difference((only_a - only_b) / n, max(-1.0, centre - half), min(1.0, centre + half), n)
 
 
 def paired_difference(a: list[float], b: list[float], strata: list[str] | None = None,

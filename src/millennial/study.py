@@ -1,0 +1,361 @@
+"""Design studies as DVC experiments: a grid of params overrides, queued, collected, reported.
+
+A study file (YAML) names its variants; each is one `dvc exp run --queue -n <study>-<name>
+-S key=value ...`, so every point is an ordinary DVC experiment: its params, metrics and
+outputs live in the repository's experiment refs, `dvc exp show` lists them, and `dvc exp apply`
+brings one back. `collect` reads the finished points from `dvc exp show --json` into
+`reports/<study>.json`; `render` turns that file into the report and its figure, so a report
+can be rebuilt, and checked, without the experiments themselves.
+
+Each variant names the arm it tunes (phase1, lora or llama_pro). The best of each arm is chosen
+on the validation split (the training stage's held-out task loss), never on the test split the
+report then quotes, and with the same rule for every arm, so no arm gets a larger tuning budget
+or a luckier draw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+
+from millennial.atomic import write_json, write_text
+from millennial.data import Options
+from millennial.params import ParamsError
+
+TUNED_ARMS = ("phase1", "lora", "llama_pro")
+ARM_LABELS = {"phase1": "TRM phase 1", "lora": "LoRA", "llama_pro": "LLaMA Pro"}
+TRAINING_METRICS = {"phase1": "metrics/train_phase1.json", "lora": "metrics/train_lora.json",
+                    "llama_pro": "metrics/train_llama_pro.json"}
+EVAL_METRICS = "metrics/eval.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the grid: the arm it tunes and its params overrides (dotted keys)."""
+
+    name: str
+    arm: str
+    overrides: dict[str, Any]
+    note: str = ""
+
+    @property
+    def set_args(self) -> list[str]:
+        return [arg for key, value in self.overrides.items()
+                for arg in ("-S", f"{key}={json.dumps(value)}")]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    question: str
+    variants: tuple[Variant, ...]
+
+    def experiment(self, variant: Variant) -> str:
+        return f"{self.name}-{variant.name}"
+
+
+def load_study(path: Path) -> Study:
+    """Read a study file; every error names the file and the key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ParamsError(f"{path}: cannot read the study: {err}") from err
+    top = Options(raw, "study", path)
+    top.only("name", "title", "question", "variants")
+    name = top.text("name")
+    variants = []
+    entries = top.get("variants")
+    if not isinstance(entries, list) or not entries:
+        raise top.error("variants", "must be a non-empty list")
+    for index, entry in enumerate(entries):
+        options = Options(entry, f"study.variants[{index}]", path)
+        options.only("name", "arm", "set", "note")
+        overrides = options.get("set", {})
+        if not isinstance(overrides, dict):
+            raise options.error("set", "must be a mapping of dotted params keys to values")
+        variants.append(Variant(options.text("name"), options.choice("arm", TUNED_ARMS),
+                                dict(overrides), str(options.get("note", ""))))
+    names = [v.name for v in variants]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise top.error("variants", f"name variants twice: {', '.join(duplicated)}")
+    return Study(name, top.text("title"), top.text("question"), tuple(variants))
+
+
+def queue_commands(study: Study) -> list[list[str]]:
+    """The `dvc exp run --queue` command of every variant (then `dvc queue start`)."""
+    return [["dvc", "exp", "run", "--queue", "-n", study.experiment(v), *v.set_args]
+            for v in study.variants]
+
+
+def queue(study: Study, root: Path) -> None:
+    for command in queue_commands(study):
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr.strip()}")
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+@dataclass(frozen=True)
+class Point:
+    """What one finished experiment measured for the arm its variant tunes."""
+
+    variant: str
+    arm: str
+    overrides: dict[str, Any]
+    note: str
+    experiment: str  # the experiment's name
+    rev: str  # its commit
+    trainable_params: int
+    train_flops_per_token: float
+    train_flops: float
+    val_task_loss: float  # the selection criterion: held-out val split, from training
+    task_loss: dict[str, float]  # test split and test_ood, mean over tasks
+    exact: dict[str, dict[str, Any]]  # "all", split -> proportion
+    exact_by_cell: dict[str, dict[str, dict[str, Any]]]  # task -> split -> proportion
+    sweep: list[dict[str, Any]] = field(default_factory=list)  # test-time depth, TRM arms
+
+
+def _metrics(record: Mapping[str, Any], path: str) -> dict[str, Any]:
+    entry = record.get("data", {}).get("metrics", {}).get(path)
+    if not entry or "data" not in entry:
+        raise KeyError(path)
+    return entry["data"]
+
+
+def point_from(record: Mapping[str, Any], variant: Variant, experiment: str) -> Point:
+    """One experiment's record in `dvc exp show --json` as a study point."""
+    evaluation = _metrics(record, EVAL_METRICS)
+    training = _metrics(record, TRAINING_METRICS[variant.arm])
+    arm = evaluation["arms"][variant.arm]
+    sweep = []
+    if variant.arm == "phase1":
+        sweep = _metrics(record, "metrics/eval/phase1.json").get("sweep", [])
+    return Point(
+        variant=variant.name, arm=variant.arm, overrides=variant.overrides, note=variant.note,
+        experiment=experiment, rev=str(record.get("rev", "")),
+        trainable_params=int(training["trainable_params"]),
+        train_flops_per_token=float(training["flops_per_token"]),
+        train_flops=float(training["flops_per_token"]) * float(training["tokens"]),
+        val_task_loss=float(training["val_task_loss_after"]),
+        task_loss=dict(arm["task_loss"]),
+        exact=arm["overall"],
+        exact_by_cell={task: {split: cell["exact"] for split, cell in splits.items()}
+                       for task, splits in arm["tasks"].items()},
+        sweep=sweep,
+    )
+
+
+def _experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Experiment name -> its record, from every baseline's experiments in the JSON."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for record in experiment.get("revs") or []:
+                name = record.get("name")
+                if name and not record.get("error"):
+                    found[name] = record
+    return found
+
+
+def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
+    """Points of every finished variant, and the variants still missing (queued or failed)."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json", "-A"], cwd=root,
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed:\n{shown.stderr.strip()}")
+    records = _experiments(json.loads(shown.stdout))
+    points, missing = [], []
+    for variant in study.variants:
+        name = study.experiment(variant)
+        if name not in records:
+            missing.append(variant.name)
+            continue
+        try:
+            points.append(point_from(records[name], variant, name))
+        except KeyError:  # an experiment that stopped before writing its metrics
+            missing.append(variant.name)
+    return points, missing
+
+
+def save_points(points: Sequence[Point], path: Path) -> None:
+    write_json(path, [asdict(p) for p in points])
+
+
+def load_points(path: Path) -> list[Point]:
+    return [Point(**entry) for entry in json.loads(path.read_text(encoding="utf-8"))]
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def best_per_arm(points: Sequence[Point]) -> dict[str, Point]:
+    """Each arm's variant with the lowest validation task loss (the same rule for every arm)."""
+    best: dict[str, Point] = {}
+    for point in points:
+        if point.arm not in best or point.val_task_loss < best[point.arm].val_task_loss:
+            best[point.arm] = point
+    return best
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _pct(cell: Mapping[str, Any]) -> str:
+    return (f"{100 * cell['accuracy']:.1f}% [{100 * cell['low']:.0f}, {100 * cell['high']:.0f}]"
+            if cell.get("accuracy") is not None else "-")
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a["low"] <= b["high"] and b["low"] <= a["high"]
+
+
+def _settings(overrides: Mapping[str, Any]) -> str:
+    return ", ".join(f"`{key}={json.dumps(value)}`" for key, value in overrides.items()) or "defaults"
+
+
+def verdict(best: Mapping[str, Point]) -> list[str]:
+    """The report's first lines: the best TRM variant against the best of each baseline."""
+    if "phase1" not in best:
+        return ["**No TRM variant finished: the study has no verdict yet.**"]
+    trm = best["phase1"]
+    lines = []
+    for rival in ("lora", "llama_pro"):
+        if rival not in best:
+            continue
+        other = best[rival]
+        ours, theirs = trm.exact["all"], other.exact["all"]
+        loss_gap = trm.task_loss["test"] - other.task_loss["test"]
+        if _overlap(ours, theirs):
+            exact_word = "no difference in exact match"
+        elif ours["accuracy"] > theirs["accuracy"]:
+            exact_word = "more exact answers"
+        else:
+            exact_word = "fewer exact answers"
+        ood_wins = [task for task, splits in trm.exact_by_cell.items()
+                    if "test_ood" in splits and task in other.exact_by_cell
+                    and splits["test_ood"]["low"] > other.exact_by_cell[task]["test_ood"]["high"]]
+        lines.append(
+            f"- **Best TRM variant (`{trm.variant}`) vs best {ARM_LABELS[rival]} "
+            f"(`{other.variant}`): {exact_word}** ({_pct(ours)} vs {_pct(theirs)}, "
+            f"n = {ours['n']}); mean test task loss {trm.task_loss['test']:.3f} vs "
+            f"{other.task_loss['test']:.3f} ({loss_gap:+.3f}); out of distribution it beats "
+            f"{ARM_LABELS[rival]} outright on "
+            f"{', '.join(ood_wins) if ood_wins else 'no task'}. Trainable parameters "
+            f"{trm.trainable_params:,} vs {other.trainable_params:,}; training FLOPs per token "
+            f"{trm.train_flops_per_token:.3g} vs {other.train_flops_per_token:.3g}.")
+    return lines
+
+
+def _table(points: Sequence[Point], best: Mapping[str, Point]) -> list[str]:
+    tasks = sorted({task for p in points for task in p.exact_by_cell})
+    header = ["arm", "variant", "settings", "trainable", "train FLOPs/token", "val task loss",
+              "test task loss", "OOD task loss", "exact (all)", "exact OOD",
+              *(f"{task} OOD" for task in tasks)]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for point in sorted(points, key=lambda p: (TUNED_ARMS.index(p.arm), p.val_task_loss)):
+        chosen = " **(best)**" if best.get(point.arm) is point else ""
+        lines.append("| " + " | ".join([
+            ARM_LABELS[point.arm], f"`{point.variant}`{chosen}", _settings(point.overrides),
+            f"{point.trainable_params:,}", f"{point.train_flops_per_token:.3g}",
+            f"{point.val_task_loss:.3f}", f"{point.task_loss.get('test', math.nan):.3f}",
+            f"{point.task_loss.get('test_ood', math.nan):.3f}", _pct(point.exact["all"]),
+            _pct(point.exact.get("test_ood", {})),
+            *(_pct(point.exact_by_cell.get(task, {}).get("test_ood", {})) for task in tasks),
+        ]) + " |")
+    return lines
+
+
+def _sweep_lines(point: Point) -> list[str]:
+    if not point.sweep:
+        return ["The chosen TRM variant recorded no recursion sweep."]
+    lines = ["| cycles T | latent steps n | f calls / token | exact OOD [95% CI] | answer loss |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in sorted(point.sweep, key=lambda r: (r["latent_steps"], r["cycles"])):
+        marker = " (trained)" if row["trained_depth"] else ""
+        lines.append(f"| {row['cycles']}{marker} | {row['latent_steps']} | "
+                     f"{row['f_calls_per_token']} | {_pct(row)} | {row['answer_loss']:.3f} |")
+    by_cycles = sorted((r for r in point.sweep
+                        if r["latent_steps"] == next(s for s in point.sweep
+                                                     if s["trained_depth"])["latent_steps"]),
+                       key=lambda r: r["cycles"])
+    rising = all(b["accuracy"] >= a["accuracy"] for a, b in zip(by_cycles, by_cycles[1:],
+                                                                strict=False))
+    distinct = not all(_overlap(by_cycles[0], r) for r in by_cycles[1:])
+    if rising and distinct:
+        summary = "OOD accuracy rises with test-time cycles, beyond the intervals."
+    elif distinct:
+        summary = "OOD accuracy changes with test-time cycles, but does not rise steadily."
+    else:
+        summary = ("OOD accuracy does not change with test-time cycles beyond the intervals: "
+                   "more recursion at test time buys nothing measurable here.")
+    return [*lines, "", summary]
+
+
+def plot(points: Sequence[Point], path: Path) -> None:
+    """Test task loss and exact match against trainable parameters and training FLOPs."""
+    figure = Figure(figsize=(11.0, 8.0))
+    axes = figure.subplots(2, 2)
+    for arm in TUNED_ARMS:
+        mine = [p for p in points if p.arm == arm]
+        if not mine:
+            continue
+        for row, (label, value) in enumerate((
+                ("mean test task loss (nats)", lambda p: p.task_loss["test"]),
+                ("exact match (all)", lambda p: p.exact["all"]["accuracy"]))):
+            for column, (xlabel, x) in enumerate((
+                    ("trainable parameters", lambda p: p.trainable_params),
+                    ("training FLOPs (total)", lambda p: p.train_flops))):
+                ax = axes[row][column]
+                ax.scatter([x(p) for p in mine], [value(p) for p in mine], label=ARM_LABELS[arm])
+                ax.set_xscale("log")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(label)
+    for ax in axes.flat:
+        ax.legend(fontsize="small")
+    figure.suptitle("Study points by arm: lower loss, higher exact match are better")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+
+
+def render(study: Study, points: Sequence[Point], missing: Sequence[str], figure: str,
+           commands: Sequence[str], defaults: str) -> str:
+    """The study report: verdict, table, recursion sweep, chosen defaults, how to reproduce."""
+    best = best_per_arm(points)
+    lines = [*verdict(best), "", f"# {study.title}", "", study.question, "",
+             f"{len(points)} of {len(study.variants)} variants finished"
+             + (f"; missing: {', '.join(missing)}." if missing else "."),
+             "Each arm's best variant is the one with the lowest held-out **validation** task loss "
+             "(selection never looks at the test split). Exact match carries 95% Wilson "
+             "intervals; the paired comparison of the chosen defaults is in `reports/eval.md`.",
+             "", "## Results", "", *_table(points, best), "",
+             f"![study points]({figure})", ""]
+    if "phase1" in best:
+        lines += ["## Recursion at test time (best TRM variant)", "",
+                  *_sweep_lines(best["phase1"]), ""]
+    lines += ["## Chosen defaults", "", defaults.strip(), "",
+              "## Reproduce", "", "```bash", *commands, "```", ""]
+    notes = [f"- `{p.variant}`: {p.note}" for p in points if p.note]
+    if notes:
+        lines += ["## Notes on variants", "", *notes, ""]
+    return "\n".join(lines)
+
+
+def write_report(study: Study, points: Sequence[Point], missing: Sequence[str], out: Path,
+                 figure: Path, commands: Sequence[str], defaults: str) -> None:
+    plot(points, figure)
+    relative = Path("figures") / figure.name if figure.parent.name == "figures" else figure
+    write_text(out, render(study, points, missing, relative.as_posix(), commands, defaults))
