@@ -196,7 +196,7 @@ def test_changed_params_train_afresh_instead_of_resuming(workspace: Path) -> Non
     config = replace(TRAIN, max_steps=2, checkpoint_every=1)
     target = paths(workspace, "identity")
     assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 0
-    assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 2  # same run: nothing to do
+    assert run_phase1(target, TRM, PHASE1, config)["resumed_from_step"] == 2  # nothing to do
     deeper = run_phase1(target, replace(TRM, cycles=3), PHASE1, config)  # same shapes, other run
     assert deeper["resumed_from_step"] == 0 and deeper["steps"] == 2
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from millennial.cost.cli import register as register_cost_commands
 from millennial.profiles import register as register_profile
+from millennial.study import register as register_study
 
 
 def _prepare_base(args: argparse.Namespace) -> int:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_cost_commands(commands)
     register_lineage(commands)
     register_profile(commands)
+    register_study(commands)
     return parser
 
 

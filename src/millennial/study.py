@@ -7,31 +7,36 @@ brings one back. `collect` reads the finished points from `dvc exp show --json` 
 `reports/<study>.json`; `render` turns that file into the report and its figure, so a report
 can be rebuilt, and checked, without the experiments themselves.
 
-Each variant names the arm it tunes (phase1, lora or llama_pro). The best of each arm is chosen
-on the validation split (the training stage's held-out task loss), never on the test split the
-report then quotes, and with the same rule for every arm, so no arm gets a larger tuning budget
-or a luckier draw.
+Each variant names the arm it tunes (phase1, lora or llama_pro), or `all` when it changes what
+every arm trains on (the data mixture, a shared training setting). Variants of the `main` group
+share one data set and one budget; the best of each arm is chosen among them on the validation
+split (the training stage's held-out task loss), never on the test split the report then
+quotes, and with the same rule for every arm. Other groups are side studies, reported beside.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
 import math
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib.figure import Figure
 
 from millennial.atomic import write_json, write_text
 from millennial.data import Options
 from millennial.params import ParamsError
 
 TUNED_ARMS = ("phase1", "lora", "llama_pro")
+ALL_ARMS = "all"
+MAIN_GROUP = "main"
 ARM_LABELS = {"phase1": "TRM phase 1", "lora": "LoRA", "llama_pro": "LLaMA Pro"}
 TRAINING_METRICS = {"phase1": "metrics/train_phase1.json", "lora": "metrics/train_lora.json",
                     "llama_pro": "metrics/train_llama_pro.json"}
@@ -43,9 +48,14 @@ class Variant:
     """One point of the grid: the arm it tunes and its params overrides (dotted keys)."""
 
     name: str
-    arm: str
+    arm: str  # one of TUNED_ARMS, or "all"
     overrides: dict[str, Any]
     note: str = ""
+    group: str = MAIN_GROUP
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return TUNED_ARMS if self.arm == ALL_ARMS else (self.arm,)
 
     @property
     def set_args(self) -> list[str]:
@@ -59,6 +69,7 @@ class Study:
     title: str
     question: str
     variants: tuple[Variant, ...]
+    rationale: str = ""  # why the defaults are what they are, in the author's words
 
     def experiment(self, variant: Variant) -> str:
         return f"{self.name}-{variant.name}"
@@ -71,7 +82,7 @@ def load_study(path: Path) -> Study:
     except (OSError, yaml.YAMLError) as err:
         raise ParamsError(f"{path}: cannot read the study: {err}") from err
     top = Options(raw, "study", path)
-    top.only("name", "title", "question", "variants")
+    top.only("name", "title", "question", "rationale", "variants")
     name = top.text("name")
     variants = []
     entries = top.get("variants")
@@ -79,17 +90,19 @@ def load_study(path: Path) -> Study:
         raise top.error("variants", "must be a non-empty list")
     for index, entry in enumerate(entries):
         options = Options(entry, f"study.variants[{index}]", path)
-        options.only("name", "arm", "set", "note")
+        options.only("name", "arm", "set", "note", "group")
         overrides = options.get("set", {})
         if not isinstance(overrides, dict):
             raise options.error("set", "must be a mapping of dotted params keys to values")
-        variants.append(Variant(options.text("name"), options.choice("arm", TUNED_ARMS),
-                                dict(overrides), str(options.get("note", ""))))
+        variants.append(Variant(options.text("name"),
+                                options.choice("arm", (*TUNED_ARMS, ALL_ARMS)), dict(overrides),
+                                str(options.get("note", "")), options.text("group", MAIN_GROUP)))
     names = [v.name for v in variants]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise top.error("variants", f"name variants twice: {', '.join(duplicated)}")
-    return Study(name, top.text("title"), top.text("question"), tuple(variants))
+    return Study(name, top.text("title"), top.text("question"), tuple(variants),
+                 str(top.get("rationale", "")))
 
 
 def queue_commands(study: Study) -> list[list[str]]:
@@ -114,6 +127,7 @@ class Point:
 
     variant: str
     arm: str
+    group: str
     overrides: dict[str, Any]
     note: str
     experiment: str  # the experiment's name
@@ -135,16 +149,18 @@ def _metrics(record: Mapping[str, Any], path: str) -> dict[str, Any]:
     return entry["data"]
 
 
-def point_from(record: Mapping[str, Any], variant: Variant, experiment: str) -> Point:
-    """One experiment's record in `dvc exp show --json` as a study point."""
+def point_from(record: Mapping[str, Any], variant: Variant, arm_name: str,
+               experiment: str) -> Point:
+    """What one experiment's record in `dvc exp show --json` says of one arm."""
     evaluation = _metrics(record, EVAL_METRICS)
-    training = _metrics(record, TRAINING_METRICS[variant.arm])
-    arm = evaluation["arms"][variant.arm]
+    training = _metrics(record, TRAINING_METRICS[arm_name])
+    arm = evaluation["arms"][arm_name]
     sweep = []
-    if variant.arm == "phase1":
+    if arm_name == "phase1":
         sweep = _metrics(record, "metrics/eval/phase1.json").get("sweep", [])
     return Point(
-        variant=variant.name, arm=variant.arm, overrides=variant.overrides, note=variant.note,
+        variant=variant.name, arm=arm_name, group=variant.group, overrides=variant.overrides,
+        note=variant.note,
         experiment=experiment, rev=str(record.get("rev", "")),
         trainable_params=int(training["trainable_params"]),
         train_flops_per_token=float(training["flops_per_token"]),
@@ -170,13 +186,11 @@ def _experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, A
     return found
 
 
-def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
-    """Points of every finished variant, and the variants still missing (queued or failed)."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json", "-A"], cwd=root,
-                           capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise RuntimeError(f"dvc exp show failed:\n{shown.stderr.strip()}")
-    records = _experiments(json.loads(shown.stdout))
+def collect_records(study: Study, shown: Sequence[Mapping[str, Any]]
+                    ) -> tuple[list[Point], list[str]]:
+    """Points of every finished variant in `dvc exp show --json` output, and the variants
+    still missing (queued, running or failed)."""
+    records = _experiments(shown)
     points, missing = [], []
     for variant in study.variants:
         name = study.experiment(variant)
@@ -184,10 +198,19 @@ def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
             missing.append(variant.name)
             continue
         try:
-            points.append(point_from(records[name], variant, name))
+            points += [point_from(records[name], variant, arm, name) for arm in variant.arms]
         except KeyError:  # an experiment that stopped before writing its metrics
             missing.append(variant.name)
     return points, missing
+
+
+def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
+    """`collect_records` over the experiments of the repository at `root`."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json", "-A"], cwd=root,
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed:\n{shown.stderr.strip()}")
+    return collect_records(study, json.loads(shown.stdout))
 
 
 def save_points(points: Sequence[Point], path: Path) -> None:
@@ -202,9 +225,10 @@ def load_points(path: Path) -> list[Point]:
 
 
 def best_per_arm(points: Sequence[Point]) -> dict[str, Point]:
-    """Each arm's variant with the lowest validation task loss (the same rule for every arm)."""
+    """Each arm's main-group variant with the lowest validation task loss (the same rule for
+    every arm, on the same data)."""
     best: dict[str, Point] = {}
-    for point in points:
+    for point in (p for p in points if p.group == MAIN_GROUP):
         if point.arm not in best or point.val_task_loss < best[point.arm].val_task_loss:
             best[point.arm] = point
     return best
@@ -223,7 +247,8 @@ def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def _settings(overrides: Mapping[str, Any]) -> str:
-    return ", ".join(f"`{key}={json.dumps(value)}`" for key, value in overrides.items()) or "defaults"
+    shown = ", ".join(f"`{key}={json.dumps(value)}`" for key, value in overrides.items())
+    return shown or "defaults"
 
 
 def verdict(best: Mapping[str, Point]) -> list[str]:
@@ -291,8 +316,7 @@ def _sweep_lines(point: Point) -> list[str]:
                         if r["latent_steps"] == next(s for s in point.sweep
                                                      if s["trained_depth"])["latent_steps"]),
                        key=lambda r: r["cycles"])
-    rising = all(b["accuracy"] >= a["accuracy"] for a, b in zip(by_cycles, by_cycles[1:],
-                                                                strict=False))
+    rising = all(b["accuracy"] >= a["accuracy"] for a, b in itertools.pairwise(by_cycles))
     distinct = not all(_overlap(by_cycles[0], r) for r in by_cycles[1:])
     if rising and distinct:
         summary = "OOD accuracy rises with test-time cycles, beyond the intervals."
@@ -306,6 +330,8 @@ def _sweep_lines(point: Point) -> list[str]:
 
 def plot(points: Sequence[Point], path: Path) -> None:
     """Test task loss and exact match against trainable parameters and training FLOPs."""
+    from matplotlib.figure import Figure  # only the report needs it, not every CLI start
+
     figure = Figure(figsize=(11.0, 8.0))
     axes = figure.subplots(2, 2)
     for arm in TUNED_ARMS:
@@ -331,8 +357,33 @@ def plot(points: Sequence[Point], path: Path) -> None:
     figure.savefig(path, dpi=100, metadata={"Software": None})
 
 
+def _lookup(params: Mapping[str, Any], key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def defaults_check(best: Mapping[str, Point], params: Mapping[str, Any]) -> list[str]:
+    """Does params.yaml hold each arm's best variant? One line per arm, differences named."""
+    lines = []
+    for arm, point in best.items():
+        differing = [f"`{key}` is {json.dumps(_lookup(params, key))}, best "
+                     f"{json.dumps(value)}" for key, value in point.overrides.items()
+                     if _lookup(params, key) != value]
+        if differing:
+            lines.append(f"- {ARM_LABELS[arm]}: params.yaml differs from the best variant "
+                         f"`{point.variant}`: {'; '.join(differing)}.")
+        else:
+            lines.append(f"- {ARM_LABELS[arm]}: params.yaml holds the best variant "
+                         f"`{point.variant}` ({_settings(point.overrides)}).")
+    return lines
+
+
 def render(study: Study, points: Sequence[Point], missing: Sequence[str], figure: str,
-           commands: Sequence[str], defaults: str) -> str:
+           commands: Sequence[str], params: Mapping[str, Any]) -> str:
     """The study report: verdict, table, recursion sweep, chosen defaults, how to reproduce."""
     best = best_per_arm(points)
     lines = [*verdict(best), "", f"# {study.title}", "", study.question, "",
@@ -341,21 +392,93 @@ def render(study: Study, points: Sequence[Point], missing: Sequence[str], figure
              "Each arm's best variant is the one with the lowest held-out **validation** task loss "
              "(selection never looks at the test split). Exact match carries 95% Wilson "
              "intervals; the paired comparison of the chosen defaults is in `reports/eval.md`.",
-             "", "## Results", "", *_table(points, best), "",
+             "", "## Results", "",
+             *_table([p for p in points if p.group == MAIN_GROUP], best), "",
              f"![study points]({figure})", ""]
+    for group in sorted({p.group for p in points} - {MAIN_GROUP}):
+        lines += [f"## Side study: {group}", "",
+                  "Not part of the selection above: these variants change what every arm "
+                  "trains on or with.", "",
+                  *_table([p for p in points if p.group == group], {}), ""]
     if "phase1" in best:
         lines += ["## Recursion at test time (best TRM variant)", "",
                   *_sweep_lines(best["phase1"]), ""]
-    lines += ["## Chosen defaults", "", defaults.strip(), "",
-              "## Reproduce", "", "```bash", *commands, "```", ""]
-    notes = [f"- `{p.variant}`: {p.note}" for p in points if p.note]
+    lines += ["## Chosen defaults", "", *defaults_check(best, params), ""]
+    if study.rationale:
+        lines += [study.rationale.strip(), ""]
+    lines += ["## Reproduce", "", "```bash", *commands, "```", ""]
+    notes = list(dict.fromkeys(f"- `{p.variant}`: {p.note}" for p in points if p.note))
     if notes:
         lines += ["## Notes on variants", "", *notes, ""]
     return "\n".join(lines)
 
 
-def write_report(study: Study, points: Sequence[Point], missing: Sequence[str], out: Path,
-                 figure: Path, commands: Sequence[str], defaults: str) -> None:
-    plot(points, figure)
-    relative = Path("figures") / figure.name if figure.parent.name == "figures" else figure
-    write_text(out, render(study, points, missing, relative.as_posix(), commands, defaults))
+def reproduce_commands(study_path: Path) -> list[str]:
+    return [
+        "make install   # then the offline environment of the Makefile",
+        f"millennial study queue {study_path}",
+        "dvc queue start --jobs 1   # one experiment at a time on a 2-core machine",
+        "dvc queue status           # until every experiment is done",
+        f"millennial study report {study_path} --collect",
+    ]
+
+
+def outputs(study_path: Path) -> tuple[Path, Path, Path]:
+    """Where a study's points, report and figure go: beside the study file."""
+    folder = study_path.parent
+    return (folder / f"{study_path.stem}.json", folder / f"{study_path.stem}.md",
+            folder / "figures" / f"{study_path.stem}.png")
+
+
+def write_report(study_path: Path, params_path: Path, collect_from: Path | None) -> Path:
+    """Collect the points from DVC (or reuse the saved ones) and write report and figure."""
+    study = load_study(study_path)
+    points_path, report_path, figure_path = outputs(study_path)
+    if collect_from is not None:
+        points, missing = collect(study, collect_from)
+        save_points(points, points_path)
+    else:
+        if not points_path.is_file():
+            raise FileNotFoundError(f"{points_path}: no collected points; pass --collect")
+        points = load_points(points_path)
+        found = {p.variant for p in points}
+        missing = [v.name for v in study.variants if v.name not in found]
+    params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    plot(points, figure_path)
+    relative = figure_path.relative_to(report_path.parent).as_posix()
+    write_text(report_path, render(study, points, missing, relative,
+                                   reproduce_commands(study_path), params))
+    return report_path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("study", help="design studies as queued DVC experiments")
+    actions = parser.add_subparsers(dest="action", required=True)
+    queue_parser = actions.add_parser("queue", help="queue every variant (dvc exp run --queue)")
+    queue_parser.add_argument("study", type=Path)
+    queue_parser.set_defaults(func=_queue)
+    report_parser = actions.add_parser("report", help="write the study's report and figure")
+    report_parser.add_argument("study", type=Path)
+    report_parser.add_argument("--collect", action="store_true",
+                               help="read finished experiments from `dvc exp show` first")
+    report_parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    report_parser.set_defaults(func=_report)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    try:
+        queue(load_study(args.study), Path("."))
+    except (ParamsError, RuntimeError) as err:
+        print(f"millennial study: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        path = write_report(args.study, args.params, Path(".") if args.collect else None)
+    except (ParamsError, FileNotFoundError, RuntimeError) as err:
+        print(f"millennial study: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}: written")
+    return 0
