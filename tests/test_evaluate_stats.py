@@ -60,3 +60,16 @@ def test_exact_match_compares_the_stripped_continuation() -> None:
     assert not exact_match(" 42 and more", "42")
     assert until_eos([5, 6, 2, 7], eos_id=2) == [5, 6]
     assert until_eos([5, 6], eos_id=2) == [5, 6]
+
+
+def test_the_first_token_score_skips_a_split_off_leading_space() -> None:
+    from millennial.base import byte_level_tokenizer
+    from millennial.evaluate.metrics import first_content_token, prefix_match
+
+    tokenizer = byte_level_tokenizer(512)
+    answer = tokenizer(" 42", add_special_tokens=False)["input_ids"]
+    assert len(answer) == 3  # space, 4, 2: the space alone would make every answer "right"
+    assert first_content_token(answer, tokenizer) == answer[1]
+    assert first_content_token(tokenizer(" ", add_special_tokens=False)["input_ids"],
+                               tokenizer) is None
+    assert prefix_match(" 42; b=3", "42") and not prefix_match(" 4", "42")

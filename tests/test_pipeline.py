@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_command as run
 
 from millennial.profiles import apply_profile
@@ -56,6 +57,29 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
     assert json.loads(status.stdout) == {}
     again = run(dvc("repro"), workspace)
     assert "didn't change" in again.stdout and "Running stage" not in again.stdout
+
+
+def test_a_study_point_is_a_dvc_experiment_and_reaches_the_report(workspace: Path) -> None:
+    run(dvc("repro"), workspace)
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "reference run"], workspace)
+    study = {"name": "probe", "title": "Probe", "question": "Does a faster TRM learn more?",
+             "variants": [{"name": "fast", "arm": "phase1", "set": {"phase1.lr": 0.02}}]}
+    (workspace / "reports/probe.yaml").write_text(yaml.safe_dump(study))
+    # what `millennial study queue` queues, run at once here (the queue's worker runs the same)
+    run(dvc("exp", "run", "-n", "probe-fast", "-S", "phase1.lr=0.02"), workspace)
+    run([sys.executable, "-m", "millennial.cli", "study", "report", "reports/probe.yaml",
+         "--collect"], workspace)
+    points = json.loads((workspace / "reports/probe.json").read_text())
+    assert [(p["variant"], p["arm"], p["overrides"]) for p in points] == [
+        ("fast", "phase1", {"phase1.lr": 0.02})]
+    assert points[0]["val_task_loss"] > 0 and points[0]["sweep"]
+    report = (workspace / "reports/probe.md").read_text()
+    assert "| TRM phase 1 | `fast` **(best)** |" in report
+    assert "params.yaml holds the best variant `fast`" in report  # exp run applied it
+    assert (workspace / "reports/figures/probe.png").read_bytes().startswith(b"\x89PNG")
+    run(["git", "checkout", "--", "params.yaml"], workspace)
+    run(dvc("checkout", "--force"), workspace)
 
 
 def test_exp_run_with_phase2_enabled_trains_the_whole_hybrid(workspace: Path) -> None:

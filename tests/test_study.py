@@ -61,9 +61,9 @@ def test_the_grid_becomes_queued_experiments(tmp_path: Path) -> None:
 ])
 def test_bad_grids_name_the_file_and_key(tmp_path: Path, change: dict, message: str) -> None:
     path = _write(tmp_path, {**GRID, **change})
-    with pytest.raises(ParamsError, match=message):
+    with pytest.raises(ParamsError, match=message) as raised:
         load_study(path)
-    assert str(path) in str(pytest.raises(ParamsError, load_study, path).value)
+    assert str(path) in str(raised.value)
 
 
 def _record(name: str, arms: tuple[str, ...], val: float, test: float, correct: int) -> dict:

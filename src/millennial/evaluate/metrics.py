@@ -7,9 +7,9 @@ with EOS, as a training record does (packing puts the previous record's EOS befo
 
 Three scores per answer tell formatting from reasoning: `exact` (the continuation up to EOS is
 the answer), `prefix` (it starts with the answer: right, but did not stop) and `first_token`
-(the first generated token is the answer's first token). Each (task, split) group decodes only
-as many tokens as its longest answer and EOS need, plus a little slack: a continuation that has
-not matched by then cannot match at all.
+(the first token that is not whitespace is the answer's: a split-off leading space is free).
+Each (task, split) group decodes only as many tokens as its longest answer and EOS need, plus a
+little slack: a continuation that has not matched by then cannot match at all.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ class Generated:
     """Greedy continuations (EOS and what follows removed) and the work they took."""
 
     continuations: list[list[int]]
-    first_tokens: list[int | None]  # the first generated token of each (None: none generated)
     prompt_tokens: int
     generated_tokens: int  # tokens decoded, EOS included, finished rows' padding excluded
     seconds: float
@@ -110,7 +109,6 @@ def greedy_generate(
                               eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     continuations: list[list[int]] = [[] for _ in prompts]
-    first: list[int | None] = [None for _ in prompts]
     generated = 0
     start_time = time.perf_counter()
     for start in range(0, len(order), batch_size):
@@ -121,9 +119,8 @@ def greedy_generate(
         for row, index in enumerate(batch):
             new = out[row, ids.shape[1] :].tolist()
             continuations[index] = until_eos(new, eos_id)
-            first[index] = new[0] if new else None
             generated += min(len(continuations[index]) + 1, len(new))
-    return Generated(continuations, first, sum(map(len, prompts)), generated,
+    return Generated(continuations, sum(map(len, prompts)), generated,
                      time.perf_counter() - start_time)
 
 
@@ -135,6 +132,12 @@ def exact_match(prediction: str, answer: str) -> bool:
 def prefix_match(prediction: str, answer: str) -> bool:
     """The continuation starts with the answer (it may go on instead of stopping)."""
     return prediction.strip().startswith(answer.strip())
+
+
+def first_content_token(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The first token that decodes to more than whitespace (tokenizers that split off the
+    leading space would otherwise make every answer's first token right)."""
+    return next((i for i in ids if tokenizer.decode([i]).strip()), None)
 
 
 @torch.no_grad()
@@ -200,23 +203,23 @@ def score_examples(
     for index, example in enumerate(examples):
         groups.setdefault(example.cell, []).append(index)
     predictions: list[str] = ["" for _ in examples]
-    firsts: list[int | None] = [None for _ in examples]
+    firsts: list[int | None] = [None for _ in examples]  # first content token generated
     prompt_tokens = generated_tokens = 0
     for members in groups.values():
         budget = min(max_new_tokens, max(len(answers[i]) + 1 for i in members) + ANSWER_SLACK)
         out = greedy_generate(model, [prompts[i] for i in members], max_new_tokens=budget,
                               batch_size=batch_size, eos_id=eos, pad_id=pad_id)
-        for index, continuation, first in zip(members, out.continuations, out.first_tokens,
-                                              strict=True):
+        for index, continuation in zip(members, out.continuations, strict=True):
             predictions[index] = tokenizer.decode(continuation, skip_special_tokens=True)
-            firsts[index] = first
+            firsts[index] = first_content_token(continuation, tokenizer)
         prompt_tokens += out.prompt_tokens
         generated_tokens += out.generated_tokens
     teacher_forced = encode_scored([e.record() for e in examples], tokenizer, eos)
     losses = sequence_nll(model, teacher_forced, batch_size=batch_size, pad_id=pad_id)
     scores = [
         ExampleScore(prediction, exact_match(prediction, e.answer),
-                     prefix_match(prediction, e.answer), first == ids[0], loss)
+                     prefix_match(prediction, e.answer),
+                     first is not None and first == first_content_token(ids, tokenizer), loss)
         for e, prediction, first, ids, loss in zip(examples, predictions, firsts, answers,
                                                     losses, strict=True)
     ]
