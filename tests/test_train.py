@@ -89,12 +89,16 @@ def write_curated(root: Path, tokenizer_dir: Path) -> None:
         schema=PACKED_SCHEMA), curated / "packed/train.parquet")
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
+def make_workspace(root: Path) -> Path:
+    """A tiny random base and curated data to train on, under `root`."""
     prepare_base(BASE_SPEC, root / "models/base")
     write_curated(root, root / "models/base")
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("train"))
 
 
 def paths(root: Path, name: str) -> Paths:

@@ -12,9 +12,8 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 from safetensors.torch import load_file
-from test_train import BASE_SPEC, LORA, PHASE1, TRAIN, TRM, paths, write_curated
+from test_train import LORA, PHASE1, TRAIN, TRM, make_workspace, paths
 
-from millennial.base import prepare_base
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.expansion import load_expansion
 from millennial.params import ParamsError
@@ -30,10 +29,7 @@ from millennial.train.settings import (
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("arms")
-    prepare_base(BASE_SPEC, root / "models/base")
-    write_curated(root, root / "models/base")
-    return root
+    return make_workspace(tmp_path_factory.mktemp("arms"))
 
 
 def test_weighted_loss_scores_only_weighted_tokens_by_their_weight() -> None:

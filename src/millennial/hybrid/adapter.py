@@ -28,6 +28,15 @@ def base_weights_sha256(model: nn.Module) -> str:
     return tensors_sha256(base_named_parameters(model))
 
 
+def artifact_files(directory: Path, config: str, weights: str, kind: str) -> tuple[Path, Path]:
+    """The config and weights files of an adapter-style artifact; a missing one names itself."""
+    paths = directory / config, directory / weights
+    for required in paths:
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: not found; is {directory} {kind} directory?")
+    return paths
+
+
 def save_trm(
     model: nn.Module,
     path: str | Path,
@@ -70,11 +79,8 @@ def load_trm(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.M
     A base whose weights hash differently from the one the adapter was trained on is an error,
     unless `strict=False`, which loads anyway with a warning.
     """
-    path = Path(path)
-    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required}: not found; is {path} a TRM adapter directory?")
+    config_path, weights_path = artifact_files(Path(path), CONFIG_FILE, WEIGHTS_FILE,
+                                               "a TRM adapter")
     meta = json.loads(config_path.read_text(encoding="utf-8"))
     config = TRMConfig.from_dict(meta["trm"])
     current = getattr(model, "trm_config", None)

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from millennial.atomic import atomic_dir
-from millennial.hybrid.adapter import base_weights_sha256
+from millennial.hybrid.adapter import artifact_files, base_weights_sha256
 from millennial.hybrid.injection import find_decoder_layers
 
 WEIGHTS_FILE = "expansion.safetensors"
@@ -149,11 +149,8 @@ def save_expansion(model: nn.Module, path: str | Path, *, base_sha256: str,
 def load_expansion(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
     """Expand `model` as the artifact at `path` says and load its blocks; a base whose weights
     hash differently from the one it was trained on is refused."""
-    path = Path(path)
-    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise FileNotFoundError(f"{required}: not found; is {path} an expansion directory?")
+    config_path, weights_path = artifact_files(Path(path), CONFIG_FILE, WEIGHTS_FILE,
+                                               "an expansion")
     meta = json.loads(config_path.read_text(encoding="utf-8"))
     expected, actual = meta["base"]["weights_sha256"], base_weights_sha256(model)
     if actual != expected:
