@@ -36,7 +36,6 @@ def body(params: dict[str, Any]) -> dict[str, Any]:
 def skip(reason: str) -> None:
     with atomic_dir(PATHS.out) as tmp:
         (tmp / SKIPPED_MARKER).write_text(json.dumps({"skipped": True, "reason": reason}) + "\n")
-    PATHS.run.mkdir(parents=True, exist_ok=True)  # a declared (persistent) output: must exist
     write_skipped(STAGE, reason)
     write_json(Path("metrics") / f"{STAGE}.json", {"skipped": True, "tokens": 0})
 
