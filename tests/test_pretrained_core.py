@@ -104,3 +104,21 @@ def test_conflicting_widths_and_too_deep_cores_are_refused() -> None:
         TRMConfig(core_init="pretrained", share_across_layers=True)
     with pytest.raises(ValueError, match="core_init must be one of random, pretrained"):
         TRMConfig(core_init="copied")
+
+
+def test_a_random_core_with_grouped_query_attention_counts_and_decodes_exactly() -> None:
+    config = TRMConfig(injection_layers=[1, -1], hidden_size=16, num_heads=4, num_kv_heads=1,
+                       num_layers=2, latent_steps=2, cycles=2, ffn_size=24)
+    model = inject(tiny_causal_lm("llama"), config)
+    actual = sum(p.numel() for p in trm_named_parameters(model).values())
+    assert actual == trm_parameter_count(model.config, config)
+    assert trm_parameters(model_shape(model.config), config)["total"] == actual
+    k_proj = trm_blocks(model)[0].core.layers[0].attn.k_proj
+    assert tuple(k_proj.weight.shape) == (4, 16)  # one key head of width 16 / 4
+    perturb_trm(model)
+    ids = torch.randint(1, 97, (2, 8))
+    cached = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert torch.equal(cached, model.generate(ids, max_new_tokens=5, do_sample=False,
+                                              use_cache=False))
+    with pytest.raises(ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads"):
+        TRMConfig(hidden_size=16, num_heads=4, num_kv_heads=3, ffn_size=24)
