@@ -14,6 +14,7 @@ from millennial.study import (
     best_per_arm,
     collect_records,
     defaults_check,
+    known_experiments,
     load_study,
     plot,
     queue_commands,
@@ -66,8 +67,8 @@ def test_bad_grids_name_the_file_and_key(tmp_path: Path, change: dict, message: 
     assert str(path) in str(raised.value)
 
 
-def _record(name: str, arms: tuple[str, ...], val: float, test: float, correct: int) -> dict:
-    """One experiment as `dvc exp show --json` lists it (the fields the study reads)."""
+def _files(arms: tuple[str, ...], val: float, test: float, correct: int) -> dict[str, dict]:
+    """The metric files of one experiment (the fields the study reads)."""
     cell = {"accuracy": correct / 100, "low": max(0.0, correct / 100 - 0.1),
             "high": min(1.0, correct / 100 + 0.1), "n": 100, "correct": correct}
     arm_eval = {"task_loss": {"test": test, "test_ood": test + 0.5},
@@ -75,25 +76,45 @@ def _record(name: str, arms: tuple[str, ...], val: float, test: float, correct: 
                 "tasks": {"pointer_chase": {"test_ood": {"exact": cell}}}}
     training = {"trainable_params": 1000, "flops_per_token": 2.0e8, "tokens": 20480,
                 "val_task_loss_after": val}
-    metrics = {"metrics/eval.json": {"data": {"arms": {arm: arm_eval for arm in arms}}},
-               **{f"metrics/train_{arm}.json": {"data": training} for arm in arms}}
+    files = {"metrics/eval.json": {"arms": {arm: arm_eval for arm in arms}},
+             **{f"metrics/train_{arm}.json": training for arm in arms}}
     if "phase1" in arms:
-        metrics["metrics/eval/phase1.json"] = {"data": {"sweep": [
+        files["metrics/eval/phase1.json"] = {"sweep": [
             {"cycles": c, "latent_steps": 2, "f_calls_per_token": 3 * c,
-             "trained_depth": c == 2, "answer_loss": 1.0, **cell} for c in (1, 2, 4)]}}
-    return {"rev": f"{name:0<40}"[:40], "name": name, "data": {"metrics": metrics}}
+             "trained_depth": c == 2, "answer_loss": 1.0, **cell} for c in (1, 2, 4)]}
+    return files
+
+
+def _experiment(name: str, rev: str, state: str = "success") -> dict:
+    """One experiment as `dvc exp show --json` lists it."""
+    return {"name": name, "executor": {"state": state, "name": "dvc-task"},
+            "revs": [{"rev": rev, "name": name, "error": None, "data": {}}]}
 
 
 def _points(tmp_path: Path) -> tuple[list[Point], list[str]]:
+    commits = {"a" * 40: _files(("phase1",), 1.0, 1.1, 40),
+               "b" * 40: _files(("phase1",), 2.0, 0.9, 60),
+               "c" * 40: _files(("phase1", "lora", "llama_pro"), 0.5, 0.5, 90)}
     shown = [{"rev": "workspace", "experiments": None},
-             {"rev": "a" * 40, "experiments": [
-                 {"revs": [_record("probe-trm-fast", ("phase1",), 1.0, 1.1, 40)]},
-                 {"revs": [_record("probe-trm-slow", ("phase1",), 2.0, 0.9, 60)]},
-                 {"revs": [_record("probe-natural", ("phase1", "lora", "llama_pro"), 0.5, 0.5,
-                                   90)]},
-                 {"revs": [{"rev": "b" * 40, "name": "probe-lora-fast", "error": {"msg": "x"}}]},
+             {"rev": "f" * 40, "experiments": [
+                 _experiment("probe-trm-fast", "a" * 40),
+                 _experiment("probe-trm-slow", "b" * 40),
+                 _experiment("probe-lora-fast", "d" * 40, state="running"),
+                 _experiment("probe-natural", "c" * 40),
              ]}]
-    return collect_records(load_study(_write(tmp_path, GRID)), shown)
+
+    def read(rev: str, path: str) -> dict:
+        if path not in commits.get(rev, {}):
+            raise KeyError(path)
+        return commits[rev][path]
+
+    return collect_records(load_study(_write(tmp_path, GRID)), shown, read)
+
+
+def test_queueing_again_skips_what_is_already_there() -> None:
+    shown = [{"rev": "f" * 40, "experiments": [_experiment("a", "1" * 40),
+                                                _experiment("b", "2" * 40, state="queued")]}]
+    assert known_experiments(shown) == {"a": "success", "b": "queued"}
 
 
 def test_points_come_from_dvc_exp_show_and_failures_are_listed(tmp_path: Path) -> None:
@@ -101,7 +122,7 @@ def test_points_come_from_dvc_exp_show_and_failures_are_listed(tmp_path: Path) -
     assert [(p.variant, p.arm) for p in points] == [
         ("trm-fast", "phase1"), ("trm-slow", "phase1"), ("natural", "phase1"),
         ("natural", "lora"), ("natural", "llama_pro")]
-    assert missing == ["lora-fast"]  # it failed: listed, not dropped silently
+    assert missing == ["lora-fast"]  # still running: listed, not dropped silently
     fast = points[0]
     assert fast.train_flops == pytest.approx(2.0e8 * 20480) and len(fast.sweep) == 3
 

@@ -23,7 +23,7 @@ import math
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +111,19 @@ def queue_commands(study: Study) -> list[list[str]]:
             for v in study.variants]
 
 
-def queue(study: Study, root: Path) -> None:
-    for command in queue_commands(study):
+def queue(study: Study, root: Path) -> list[str]:
+    """Queue every variant that has no experiment yet (finished, running, queued or failed:
+    `dvc exp remove` one to run it again); returns the experiments queued."""
+    existing = set(known_experiments(show_experiments(root)))
+    queued = []
+    for variant, command in zip(study.variants, queue_commands(study), strict=True):
+        if study.experiment(variant) in existing:
+            continue
         done = subprocess.run(command, cwd=root, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr.strip()}")
+        queued.append(study.experiment(variant))
+    return queued
 
 
 # --------------------------------------------------------------------------- collecting
@@ -142,26 +150,19 @@ class Point:
     sweep: list[dict[str, Any]] = field(default_factory=list)  # test-time depth, TRM arms
 
 
-def _metrics(record: Mapping[str, Any], path: str) -> dict[str, Any]:
-    entry = record.get("data", {}).get("metrics", {}).get(path)
-    if not entry or "data" not in entry:
-        raise KeyError(path)
-    return entry["data"]
+Reader = Callable[[str, str], dict[str, Any]]  # (commit, path) -> the JSON file at that commit
 
 
-def point_from(record: Mapping[str, Any], variant: Variant, arm_name: str,
+def point_from(read: Reader, rev: str, variant: Variant, arm_name: str,
                experiment: str) -> Point:
-    """What one experiment's record in `dvc exp show --json` says of one arm."""
-    evaluation = _metrics(record, EVAL_METRICS)
-    training = _metrics(record, TRAINING_METRICS[arm_name])
+    """What one experiment's metric files (at its commit) say of one arm."""
+    evaluation = read(rev, EVAL_METRICS)
+    training = read(rev, TRAINING_METRICS[arm_name])
     arm = evaluation["arms"][arm_name]
-    sweep = []
-    if arm_name == "phase1":
-        sweep = _metrics(record, "metrics/eval/phase1.json").get("sweep", [])
+    sweep = read(rev, "metrics/eval/phase1.json").get("sweep", []) if arm_name == "phase1" else []
     return Point(
         variant=variant.name, arm=arm_name, group=variant.group, overrides=variant.overrides,
-        note=variant.note,
-        experiment=experiment, rev=str(record.get("rev", "")),
+        note=variant.note, experiment=experiment, rev=rev,
         trainable_params=int(training["trainable_params"]),
         train_flops_per_token=float(training["flops_per_token"]),
         train_flops=float(training["flops_per_token"]) * float(training["tokens"]),
@@ -174,43 +175,72 @@ def point_from(record: Mapping[str, Any], variant: Variant, arm_name: str,
     )
 
 
-def _experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """Experiment name -> its record, from every baseline's experiments in the JSON."""
-    found: dict[str, Mapping[str, Any]] = {}
+def known_experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Experiment name -> state (success, running, queued, failed) in `dvc exp show --json`."""
+    return {experiment.get("name") or experiment["revs"][0].get("name"):
+            (experiment.get("executor") or {}).get("state", "success")
+            for baseline in shown for experiment in baseline.get("experiments") or []
+            if experiment.get("revs")}
+
+
+def finished_experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Experiment name -> commit of every finished experiment in `dvc exp show --json` output
+    (queued, running and failed ones are left out)."""
+    found: dict[str, str] = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
-            for record in experiment.get("revs") or []:
-                name = record.get("name")
-                if name and not record.get("error"):
-                    found[name] = record
+            state = (experiment.get("executor") or {}).get("state", "success")
+            revs = experiment.get("revs") or []
+            if state != "success" or not revs or revs[0].get("error"):
+                continue
+            name = experiment.get("name") or revs[0].get("name")
+            if name:
+                found[name] = revs[0]["rev"]
     return found
 
 
-def collect_records(study: Study, shown: Sequence[Mapping[str, Any]]
-                    ) -> tuple[list[Point], list[str]]:
-    """Points of every finished variant in `dvc exp show --json` output, and the variants
-    still missing (queued, running or failed)."""
-    records = _experiments(shown)
+def collect_records(study: Study, shown: Sequence[Mapping[str, Any]],
+                    read: Reader) -> tuple[list[Point], list[str]]:
+    """Points of every finished variant, and the variants still missing (queued, running or
+    failed). The metric files are read from each experiment's own commit: `dvc exp show`
+    keeps only their numbers, not the recursion sweep's rows."""
+    finished = finished_experiments(shown)
     points, missing = [], []
     for variant in study.variants:
         name = study.experiment(variant)
-        if name not in records:
+        if name not in finished:
             missing.append(variant.name)
             continue
         try:
-            points += [point_from(records[name], variant, arm, name) for arm in variant.arms]
+            points += [point_from(read, finished[name], variant, arm, name)
+                       for arm in variant.arms]
         except KeyError:  # an experiment that stopped before writing its metrics
             missing.append(variant.name)
     return points, missing
 
 
-def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
-    """`collect_records` over the experiments of the repository at `root`."""
+def git_reader(root: Path) -> Reader:
+    def read(rev: str, path: str) -> dict[str, Any]:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
+                               text=True)
+        if shown.returncode != 0:
+            raise KeyError(path)
+        return json.loads(shown.stdout)
+    return read
+
+
+def show_experiments(root: Path) -> list[dict[str, Any]]:
+    """`dvc exp show --json` over all commits of the repository at `root`."""
     shown = subprocess.run(["dvc", "exp", "show", "--json", "-A"], cwd=root,
                            capture_output=True, text=True)
     if shown.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{shown.stderr.strip()}")
-    return collect_records(study, json.loads(shown.stdout))
+    return json.loads(shown.stdout)
+
+
+def collect(study: Study, root: Path) -> tuple[list[Point], list[str]]:
+    """`collect_records` over the experiments of the repository at `root`."""
+    return collect_records(study, show_experiments(root), git_reader(root))
 
 
 def save_points(points: Sequence[Point], path: Path) -> None:
@@ -467,10 +497,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _queue(args: argparse.Namespace) -> int:
     try:
-        queue(load_study(args.study), Path("."))
+        queued = queue(load_study(args.study), Path("."))
     except (ParamsError, RuntimeError) as err:
         print(f"millennial study: error: {err}", file=sys.stderr)
         return 2
+    print(f"queued {len(queued)} experiment(s): {', '.join(queued) or 'none new'}; run "
+          "`dvc queue start --jobs 1`")
     return 0
 
 
