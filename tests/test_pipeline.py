@@ -33,7 +33,7 @@ def dvc(*args: str) -> list[str]:
 
 
 def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path) -> None:
-    run(dvc("repro"), workspace)
+    run(dvc("repro"), workspace, timeout=1200)
     provenance = json.loads((workspace / "models/base/provenance.json").read_text())
     assert provenance["source"] == "tiny-random"
     assert json.loads((workspace / "metrics/validation.json").read_text())["success"]
@@ -60,7 +60,7 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
 
 
 def test_a_study_point_is_a_dvc_experiment_and_reaches_the_report(workspace: Path) -> None:
-    run(dvc("repro"), workspace)
+    run(dvc("repro"), workspace, timeout=1200)
     run(["git", "add", "-A"], workspace)
     run(["git", "commit", "-qm", "reference run"], workspace)
     study = {"name": "probe", "title": "Probe", "question": "Does a faster TRM learn more?",
@@ -83,7 +83,7 @@ def test_a_study_point_is_a_dvc_experiment_and_reaches_the_report(workspace: Pat
 
 
 def test_exp_run_with_phase2_enabled_trains_the_whole_hybrid(workspace: Path) -> None:
-    run(dvc("repro"), workspace)
+    run(dvc("repro"), workspace, timeout=1200)
     run(["git", "add", "-A"], workspace)
     run(["git", "commit", "-qm", "after repro"], workspace)
     run(dvc("exp", "run", "-S", "phase2.enabled=true"), workspace)
