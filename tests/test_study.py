@@ -14,6 +14,7 @@ from millennial.study import (
     best_per_arm,
     collect_records,
     defaults_check,
+    goal,
     known_experiments,
     load_study,
     plot,
@@ -145,11 +146,47 @@ def test_the_report_leads_with_the_verdict_and_plots(tmp_path: Path) -> None:
                     "exact": {"all": {"accuracy": 0.9, "low": 0.85, "high": 0.95, "n": 100}}})
     study = load_study(_write(tmp_path, GRID))
     text = render(study, [*points, lora], missing, "figures/probe.png", ["make run"], {})
-    assert text.startswith("- **Best TRM variant (`trm-fast`) vs best LoRA (`lora-fast`): "
-                           "fewer exact answers**")
+    assert text.startswith("**The goal is not decided yet:** params.yaml does not hold both")
+    assert "- **Best TRM variant (`trm-fast`) vs best LoRA (`lora-fast`): " \
+           "fewer exact answers**" in text.splitlines()[1]
     assert "| TRM phase 1 | `trm-fast` **(best)** |" in text
     assert "## Recursion at test time" in text and "## Reproduce" in text
     assert "## Side study: mixture" in text and "| LoRA | `natural` |" in text
     assert "- `trm-fast`: faster" in text
     plot([*points, lora], tmp_path / "probe.png")
     assert (tmp_path / "probe.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _paired(difference: float, low: float, high: float, n: int = 300) -> dict:
+    return {"difference": difference, "low": low, "high": high, "n": n,
+            "established": low > 0 or high < 0}
+
+
+@pytest.mark.parametrize(("loss", "ood", "expected"), [
+    ((0.18, 0.15, 0.21), (0.02, -0.05, 0.09), "**The goal is not met.** At its best setting "
+     "found (`trm-fast`) the TRM phase-1 arm loses against the best LoRA (`lora-fast`) on mean "
+     "test task loss (+0.180 nats [+0.150, +0.210], n = 300), ties on exact match (+1.0 pts "
+     "[-2.0, +4.0], n = 600) and beats it out of distribution on no task"),
+    ((0.01, -0.02, 0.04), (0.12, 0.03, 0.2), "**The goal is met.** At its best setting found "
+     "(`trm-fast`) the TRM phase-1 arm ties against the best LoRA (`lora-fast`) on mean test "
+     "task loss (+0.010 nats [-0.020, +0.040], n = 300), ties on exact match (+1.0 pts [-2.0, "
+     "+4.0], n = 600) and beats it out of distribution on pointer_chase"),
+])
+def test_the_goal_is_judged_on_the_paired_reference_comparison(
+        tmp_path: Path, loss: tuple, ood: tuple, expected: str) -> None:
+    points, _ = _points(tmp_path)
+    trm = next(p for p in points if p.variant == "trm-fast")
+    lora = Point(**{**trm.__dict__, "variant": "lora-fast", "arm": "lora",
+                    "overrides": {"lora.lr": 0.01}})
+    best = {"phase1": trm, "lora": lora}
+    comparisons = {"phase1_vs_lora": {
+        "exact": _paired(0.01, -0.02, 0.04, 600), "task_loss": {"test": _paired(*loss)},
+        "exact_by_cell": {"pointer_chase": {"test_ood": _paired(*ood, 100)},
+                          "addition": {"test_ood": _paired(0.0, -0.02, 0.02, 100)}}}}
+    params = {"phase1": {"lr": 0.01}, "lora": {"lr": 0.01}}
+    assert goal(best, params, comparisons)[0].startswith(expected)
+    # Without the reference run holding both best variants there is nothing paired to judge.
+    assert goal(best, {"phase1": {"lr": 0.01}, "lora": {"lr": 0.003}}, comparisons)[0] \
+        .startswith("**The goal is not decided yet:**")
+    assert goal(best, params, None)[0].startswith("**The goal is not decided yet:**")
+    assert goal({"phase1": trm}, params, comparisons) == []

@@ -314,6 +314,43 @@ def verdict(best: Mapping[str, Point]) -> list[str]:
     return lines
 
 
+def goal(best: Mapping[str, Point], params: Mapping[str, Any],
+         comparisons: Mapping[str, Any] | None) -> list[str]:
+    """The issue's bar, tested on the paired comparison of the reference run: the best TRM at
+    least matches the best LoRA on mean test task loss and exact match, and beats it out of
+    distribution on one task. Paired figures exist only once params.yaml holds both best
+    variants (the reference run then compared exactly them)."""
+    if "phase1" not in best or "lora" not in best:
+        return []
+    trm, lora = best["phase1"], best["lora"]
+    paired = (comparisons or {}).get("phase1_vs_lora")
+    if _differing(trm, params) or _differing(lora, params) or paired is None:
+        return [f"**The goal is not decided yet:** params.yaml does not hold both best variants "
+                f"(`{trm.variant}`, `{lora.variant}`) with a reference run comparing them, so "
+                "there is no paired comparison; the unpaired figures follow."]
+    exact, loss = paired["exact"], paired["task_loss"]["test"]
+    exact_worse = exact["established"] and exact["difference"] < 0
+    loss_worse = loss["established"] and loss["difference"] > 0
+    ood_wins = [task for task, splits in sorted(paired["exact_by_cell"].items())
+                if "test_ood" in splits and splits["test_ood"]["established"]
+                and splits["test_ood"]["difference"] > 0]
+    met = not exact_worse and not loss_worse and bool(ood_wins)
+
+    def word(worse: bool, cell: Mapping[str, Any], better: bool) -> str:
+        return "loses" if worse else "wins" if cell["established"] and better else "ties"
+
+    return [
+        f"**The goal is {'met' if met else 'not met'}.** At its best setting found "
+        f"(`{trm.variant}`) the TRM phase-1 arm {word(loss_worse, loss, loss['difference'] < 0)}"
+        f" against the best LoRA (`{lora.variant}`) on mean test task loss "
+        f"({loss['difference']:+.3f} nats [{loss['low']:+.3f}, {loss['high']:+.3f}], "
+        f"n = {loss['n']}), {word(exact_worse, exact, exact['difference'] > 0)} on exact match "
+        f"({100 * exact['difference']:+.1f} pts [{100 * exact['low']:+.1f}, "
+        f"{100 * exact['high']:+.1f}], n = {exact['n']}) and beats it out of distribution on "
+        f"{', '.join(ood_wins) if ood_wins else 'no task'} (paired 95% intervals from the "
+        "reference run, `reports/eval.md`; ties are differences inside the intervals).", ""]
+
+
 def _table(points: Sequence[Point], best: Mapping[str, Point]) -> list[str]:
     tasks = sorted({task for p in points for task in p.exact_by_cell})
     header = ["arm", "variant", "settings", "trainable", "train FLOPs/token", "val task loss",
@@ -396,13 +433,16 @@ def _lookup(params: Mapping[str, Any], key: str) -> Any:
     return node
 
 
+def _differing(point: Point, params: Mapping[str, Any]) -> list[str]:
+    return [f"`{key}` is {json.dumps(_lookup(params, key))}, best {json.dumps(value)}"
+            for key, value in point.overrides.items() if _lookup(params, key) != value]
+
+
 def defaults_check(best: Mapping[str, Point], params: Mapping[str, Any]) -> list[str]:
     """Does params.yaml hold each arm's best variant? One line per arm, differences named."""
     lines = []
     for arm, point in best.items():
-        differing = [f"`{key}` is {json.dumps(_lookup(params, key))}, best "
-                     f"{json.dumps(value)}" for key, value in point.overrides.items()
-                     if _lookup(params, key) != value]
+        differing = _differing(point, params)
         if differing:
             lines.append(f"- {ARM_LABELS[arm]}: params.yaml differs from the best variant "
                          f"`{point.variant}`: {'; '.join(differing)}.")
@@ -413,10 +453,14 @@ def defaults_check(best: Mapping[str, Point], params: Mapping[str, Any]) -> list
 
 
 def render(study: Study, points: Sequence[Point], missing: Sequence[str], figure: str,
-           commands: Sequence[str], params: Mapping[str, Any]) -> str:
-    """The study report: verdict, table, recursion sweep, chosen defaults, how to reproduce."""
+           commands: Sequence[str], params: Mapping[str, Any],
+           comparisons: Mapping[str, Any] | None = None) -> str:
+    """The study report: verdict, table, recursion sweep, chosen defaults, how to reproduce.
+
+    `comparisons` are the reference run's paired comparisons (`metrics/eval.json`)."""
     best = best_per_arm(points)
-    lines = [*verdict(best), "", f"# {study.title}", "", study.question, "",
+    lines = [*goal(best, params, comparisons), *verdict(best), "", f"# {study.title}", "",
+             study.question, "",
              f"{len(points)} of {len(study.variants)} variants finished"
              + (f"; missing: {', '.join(missing)}." if missing else "."),
              "Each arm's best variant is the one with the lowest held-out **validation** task loss "
@@ -474,10 +518,13 @@ def write_report(study_path: Path, params_path: Path, collect_from: Path | None)
         found = {p.variant for p in points}
         missing = [v.name for v in study.variants if v.name not in found]
     params = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    reference = params_path.parent / EVAL_METRICS
+    comparisons = (json.loads(reference.read_text(encoding="utf-8")).get("comparisons")
+                   if reference.is_file() else None)
     plot(points, figure_path)
     relative = figure_path.relative_to(report_path.parent).as_posix()
     write_text(report_path, render(study, points, missing, relative,
-                                   reproduce_commands(study_path), params))
+                                   reproduce_commands(study_path), params, comparisons))
     return report_path
 
 
