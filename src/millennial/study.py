@@ -17,13 +17,14 @@ quotes, and with the same rule for every arm. Other groups are side studies, rep
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,28 +176,26 @@ def point_from(read: Reader, rev: str, variant: Variant, arm_name: str,
     )
 
 
+def _entries(shown: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """(name, state, newest rev record) of every experiment in `dvc exp show --json` output."""
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs:
+                yield (experiment.get("name") or revs[0].get("name"),
+                       (experiment.get("executor") or {}).get("state", "success"), revs[0])
+
+
 def known_experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Experiment name -> state (success, running, queued, failed) in `dvc exp show --json`."""
-    return {experiment.get("name") or experiment["revs"][0].get("name"):
-            (experiment.get("executor") or {}).get("state", "success")
-            for baseline in shown for experiment in baseline.get("experiments") or []
-            if experiment.get("revs")}
+    return {name: state for name, state, _ in _entries(shown)}
 
 
 def finished_experiments(shown: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """Experiment name -> commit of every finished experiment in `dvc exp show --json` output
     (queued, running and failed ones are left out)."""
-    found: dict[str, str] = {}
-    for baseline in shown:
-        for experiment in baseline.get("experiments") or []:
-            state = (experiment.get("executor") or {}).get("state", "success")
-            revs = experiment.get("revs") or []
-            if state != "success" or not revs or revs[0].get("error"):
-                continue
-            name = experiment.get("name") or revs[0].get("name")
-            if name:
-                found[name] = revs[0]["rev"]
-    return found
+    return {name: record["rev"] for name, state, record in _entries(shown)
+            if name and state == "success" and not record.get("error")}
 
 
 def collect_records(study: Study, shown: Sequence[Mapping[str, Any]],
@@ -220,6 +219,7 @@ def collect_records(study: Study, shown: Sequence[Mapping[str, Any]],
 
 
 def git_reader(root: Path) -> Reader:
+    @functools.cache  # an `all` variant reads the same eval.json once per arm
     def read(rev: str, path: str) -> dict[str, Any]:
         shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True,
                                text=True)
