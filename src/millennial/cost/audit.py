@@ -24,7 +24,6 @@ from millennial.cost.planner import (
     model_shape,
     plan,
     tokens_for_gpu_hours,
-    trm_core_parameters,
 )
 from millennial.cost.presets import PRESETS
 from millennial.hybrid.config import TRMConfig
@@ -287,8 +286,8 @@ def _hybrid_total(ctx: _Context) -> tuple[Section, list[str]]:
     ]
     contradictions = [
         f"A 15B TRM is {_pct(share)} of the 70B base, not a small add-on: the TRM paper's f has "
-        f"{_count(trm_core_parameters(TRM_PAPER))} parameters, "
-        f"{_x(p.trm_params / trm_core_parameters(TRM_PAPER))} fewer. Counted exactly, the "
+        f"{_count(TRM_PAPER.core_parameter_count())} parameters, "
+        f"{_x(p.trm_params / TRM_PAPER.core_parameter_count())} fewer. Counted exactly, the "
         "stated design is a second large network.",
         f"{gpu_hours:,} GPU-hours buy only {_count(p.tokens)} phase-1 tokens: {per_param:.2f} "
         f"tokens per new parameter, vs {CHINCHILLA_TOKENS_PER_PARAM} (Chinchilla) and "

@@ -212,18 +212,12 @@ def resolve_trm(shape: ModelShape, trm: TRMConfig) -> TRMConfig:
     return trm.resolve(dims, shape.num_layers)
 
 
-def trm_core_parameters(trm: TRMConfig) -> int:
-    """Parameters of one core f: per layer q/k/v/o, SwiGLU and two norms (a random core adds a
-    final norm)."""
-    return trm.parameter_count(0, 1)
-
-
 def trm_parameters(shape: ModelShape, trm: TRMConfig) -> dict[str, int]:
     """TRM parameters by part (the formula of `TRMConfig.parameter_count`)."""
     trm = resolve_trm(shape, trm)
     points = len(trm.resolve_layers(shape.num_layers))
-    core = trm.parameter_count(0, 1)
-    per_point = trm.parameter_count(shape.hidden_size, 1) - core  # norm, down, up
+    core = trm.core_parameter_count()
+    per_point = trm.parameter_count(shape.hidden_size, 1) - core  # norm, down, up, halting head
     cores = 1 if trm.share_across_layers else points
     return {
         "injection_points": points,
@@ -369,7 +363,12 @@ def forward_flops_per_token(
 def _trm_block_forward(shape: ModelShape, trm: TRMConfig, context: int) -> float:
     matmul, attention = trm_call_flops(trm, context)
     projections = 2 * 2 * _projection_macs(shape, trm)  # down and up
-    return projections + trm.total_calls * (matmul + attention)
+    return projections + trm.total_calls * (matmul + attention) + trm.cycles * _halt_flops(trm)
+
+
+def _halt_flops(trm: TRMConfig) -> int:
+    """Forward FLOPs of the halting head, read after every cycle (resolved config)."""
+    return 2 * trm.width("hidden_size") if trm.halting else 0
 
 
 def training_flops_per_token(
@@ -424,7 +423,9 @@ def training_flops_per_token(
         projection = 2 * _projection_macs(shape, trm)
         # up and down each need dW and dX (the block's input norm weight trains, so the
         # gradient must pass through down even where the base below needs none).
-        per_block = trm.grad_calls * (2 * matmul + 2 * attention) + 4 * projection
+        # The halting head's loss reads the last cycle only: its dW and dy.
+        per_block = (trm.grad_calls * (2 * matmul + 2 * attention) + 4 * projection
+                     + 2 * _halt_flops(trm))
         trm_backward = len(trm_points) * per_block
 
     recompute = 0.0

@@ -50,7 +50,7 @@ from millennial.evaluate.stats import (
 )
 from millennial.evaluate.sweep import sweep_points, sweep_row
 from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
-from millennial.hybrid.injection import recursion_depth, trm_blocks
+from millennial.hybrid.injection import mean_halting_cycles, recursion_depth, trm_blocks
 from millennial.params import ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -264,9 +264,11 @@ def sweep_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     rows, tokens, flops = [], 0, 0.0
     for depth in sweep_points(trained, config.sweep.cycles, config.sweep.latent_steps):
         with recursion_depth(model, depth):
+            mean_halting_cycles(model)  # count this point's scoring alone
             scored = score_examples(model, tokenizer, data.sweep_examples,
                                     max_new_tokens=config.max_new_tokens,
                                     batch_size=config.batch_size, pad_id=data.pad_id)
+            halting_cycles = mean_halting_cycles(model)
             speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
                                   repeats=config.speed_repeats, eos_id=data.eos_id,
                                   pad_id=data.pad_id)
@@ -274,6 +276,7 @@ def sweep_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         accuracy = Proportion(sum(s.exact for s in scored.scores), len(scored.scores))
         row = sweep_row(name, depth, trained, accuracy.to_dict(), speed.latency_ms)
         row["answer_loss"] = statistics.fmean(s.answer_loss for s in scored.scores)
+        row["halting_mean_cycles"] = halting_cycles
         rows.append(row)
         log.info("%s sweep T=%d n=%d: accuracy %.3f, %.3g ms/token (%.1f s)", name,
                  depth.cycles, depth.latent_steps, accuracy.rate or 0.0, speed.latency_ms,
@@ -297,8 +300,10 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
     if model is None:
         return None
     log.info("%s: %d task examples, %d text documents", name, len(data.examples), len(data.text))
+    mean_halting_cycles(model)  # count the scoring alone
     scored = score_examples(model, tokenizer, data.examples, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, pad_id=data.pad_id)
+    halting_cycles = mean_halting_cycles(model)
     ppl_text = perplexity(model, data.text, batch_size=config.ppl_batch_size, pad_id=data.pad_id)
     speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
                           repeats=config.speed_repeats, eos_id=data.eos_id, pad_id=data.pad_id)
@@ -324,6 +329,7 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
         "latency_ms_per_token": speed.latency_ms,
         "forward_flops_per_token": per_token,
         "trm_config": model.trm_config.to_dict() if name in RECURSIVE_ARMS else None,
+        "halting_mean_cycles": halting_cycles,  # None without halting heads
         "sweep": sweep,
         "tokens": tokens,
         "flops": flops,

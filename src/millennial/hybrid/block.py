@@ -21,10 +21,18 @@ residual stream itself, updated like a residual layer:
     h_out = y                              # f is 0 at init: again the hybrid starts as the base
 
 With z = 0 and one answer update this is exactly LLaMA Pro's copied block, h + f(h).
+
+A halting head (TRM's Q-head, `halting: true`) reads y after every cycle and predicts, per token,
+whether the hybrid's next-token prediction from this state is right. Training keeps the last
+cycle's logit for its loss (`millennial.hybrid.injection.halting_loss`); evaluation stops a token
+once sigmoid(q) > `halt_threshold` and keeps its (y, z) through the remaining cycles. A token's
+halting depends only on its own state, which depends only on earlier tokens, so cached decoding
+stays exact.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +42,7 @@ from torch import nn
 from millennial.hybrid.config import TRMConfig
 
 RANDOM_CORE_NORM_EPS = 1e-6
+HALT_INIT_BIAS = -5.0  # TRM's: the head starts out predicting "not done" for every token
 
 
 class RMSNorm(nn.Module):
@@ -84,6 +93,18 @@ class TRMCache:
     length: int = 0
     keys: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     values: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class HaltStats:
+    """Cycles the tokens of evaluation forwards ran before halting (mean = cycles / tokens)."""
+
+    tokens: int = 0
+    cycles: int = 0
+
+    @property
+    def mean_cycles(self) -> float | None:
+        return self.cycles / self.tokens if self.tokens else None
 
 
 class CausalSelfAttention(nn.Module):
@@ -187,6 +208,14 @@ class TRMBlock(nn.Module):
         # into the next; `carry` is None outside it, and the recursion starts afresh.
         self.keep_carry = False
         self.carry: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The halting head; in training the last cycle's logits (B, S) wait here for the loss.
+        self.halt: nn.Linear | None = None
+        self.halt_logits: torch.Tensor | None = None
+        self.halt_stats = HaltStats()
+        if config.halting:
+            self.halt = nn.Linear(config.width("hidden_size"), 1)
+            nn.init.zeros_(self.halt.weight)
+            nn.init.constant_(self.halt.bias, HALT_INIT_BIAS)
         self.core = core if core is not None else RecursiveCore(config, norm_eps)
         # A random core is narrow: projections to and from its width, the way out starting at 0.
         self.norm: RMSNorm | None = None
@@ -198,6 +227,22 @@ class TRMBlock(nn.Module):
             self.down = nn.Linear(base_width, width, bias=False)
             self.up = nn.Linear(width, base_width, bias=False)
             nn.init.zeros_(self.up.weight)
+
+    def _halting(self, y: torch.Tensor, halted: torch.Tensor | None,
+                 last: bool) -> torch.Tensor | None:
+        """Training: keep the last cycle's logits. Evaluation: count the cycle each token ran and
+        return which tokens stop now."""
+        logits = self.halt(y).float()
+        if self.training:
+            if last:
+                self.halt_logits = logits.squeeze(-1)
+            return None
+        if halted is None:  # the first cycle: every token ran it
+            halted = torch.zeros_like(logits, dtype=torch.bool)
+            self.halt_stats.tokens += halted.numel()
+        self.halt_stats.cycles += int((~halted).sum())
+        threshold = self.config.halt_threshold
+        return halted | (logits > math.log(threshold / (1.0 - threshold)))
 
     def forward(
         self,
@@ -225,16 +270,22 @@ class TRMBlock(nn.Module):
         attend = Attend(cos, sin, mask, cache)
         y, z = self.carry if self.carry is not None else start
         call = 0
+        halted: torch.Tensor | None = None  # (B, S, 1) True = stopped (evaluation only)
         for cycle in range(self.config.cycles):
             with torch.set_grad_enabled(
                 torch.is_grad_enabled() and cycle >= self.config.cycles - self.config.grad_cycles
             ):
+                before = (y, z)
                 for _ in range(self.config.latent_steps):
                     z = self.core(x + y + z, attend, call)
                     call += 1
                 update = self.core(y + z, attend, call)
                 y = update if self.up is not None else y + update
                 call += 1
+                if halted is not None:  # halted tokens keep their state
+                    y, z = torch.where(halted, before[0], y), torch.where(halted, before[1], z)
+                if self.halt is not None:
+                    halted = self._halting(y, halted, last=cycle == self.config.cycles - 1)
         if cache is not None:
             cache.length = past + hidden.shape[1]
         if self.keep_carry:

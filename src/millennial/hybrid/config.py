@@ -36,6 +36,10 @@ class TRMConfig:
       layers ending at the host, at the base's width, with their attention and MLP output
       projections zeroed; f returns what those layers add to the residual stream, `x = h`, `y`
       starts at `x`, and the output is `h + y`. Width fields may be null (the base's).
+
+    `halting` adds TRM's halting head (one linear on y per block): trained to predict whether
+    the next-token prediction is right, it stops a token's recursion at evaluation once its
+    probability exceeds `halt_threshold` (TRM halts at logit 0, i.e. 0.5).
     """
 
     injection_layers: tuple[int, ...] = (-1,)
@@ -50,6 +54,8 @@ class TRMConfig:
     share_across_layers: bool = False
     core_init: str = "random"
     num_kv_heads: int | None = None  # key/value heads of f (grouped-query); None = num_heads
+    halting: bool = False
+    halt_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         layers = self.injection_layers
@@ -90,6 +96,12 @@ class TRMConfig:
             raise ValueError(
                 f"share_across_layers must be a bool, got {self.share_across_layers!r}"
             )
+        if not isinstance(self.halting, bool):
+            raise ValueError(f"halting must be a bool, got {self.halting!r}")
+        threshold = self.halt_threshold
+        if (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)
+                or not 0.0 < threshold < 1.0):
+            raise ValueError(f"halt_threshold must be a probability in (0, 1), got {threshold!r}")
         if pretrained and self.share_across_layers:
             raise ValueError("share_across_layers needs core_init: random (a pretrained core is "
                              "a copy of its own host's layers)")
@@ -145,16 +157,21 @@ class TRMConfig:
                              f"ending at its host, but layer {lowest} has only {lowest + 1}")
         return replace(self, **wanted)
 
-    def parameter_count(self, base_width: int, num_points: int) -> int:
-        """Exact parameters of `num_points` blocks on a base of `base_width` (resolved config)."""
+    def core_parameter_count(self) -> int:
+        """Exact parameters of one core f (resolved config): per layer q/k/v/o, SwiGLU and two
+        norms; a random core adds a final norm."""
         d, ffn = self.width("hidden_size"), self.width("ffn_size")
         kv = self.kv_heads * (d // self.width("num_heads"))
         core = self.num_layers * (2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d)
-        if self.pretrained:  # no projections, no final norm: the host's own layers, copied
-            return num_points * core
-        own = base_width + 2 * base_width * d  # input norm, down, up
+        return core if self.pretrained else core + d
+
+    def parameter_count(self, base_width: int, num_points: int) -> int:
+        """Exact parameters of `num_points` blocks on a base of `base_width` (resolved config)."""
+        own = self.width("hidden_size") + 1 if self.halting else 0  # the halting head
+        if not self.pretrained:  # a pretrained core has no projections: the host's own width
+            own += base_width + 2 * base_width * self.width("hidden_size")  # norm, down, up
         cores = 1 if self.share_across_layers else num_points
-        return num_points * own + cores * (core + d)
+        return num_points * own + cores * self.core_parameter_count()
 
     def resolve_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
         """Injection indices as sorted non-negative positions in a stack of that depth."""

@@ -15,11 +15,18 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
 
-from millennial.hybrid.block import RANDOM_CORE_NORM_EPS, CoreLayer, TRMBlock, TRMCache
+from millennial.hybrid.block import (
+    RANDOM_CORE_NORM_EPS,
+    CoreLayer,
+    HaltStats,
+    TRMBlock,
+    TRMCache,
+)
 from millennial.hybrid.config import BaseDims, TRMConfig
 
 # Families whose decoder stacks, position ids and caches the tests exercise.
@@ -127,7 +134,7 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
         reference = next(host.parameters())
         block = TRMBlock(text_config.hidden_size, config, rope_theta(text_config), shared_core,
                          norm_eps)
-        block.to(device=reference.device, dtype=reference.dtype)
+        block.to(device=reference.device, dtype=reference.dtype).train(host.training)
         if config.pretrained:
             copy_base_layers(block, layers[index - config.num_layers + 1 : index + 1])
         if config.share_across_layers:
@@ -279,6 +286,40 @@ def deep_supervision(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for block in blocks:
             block.keep_carry, block.carry = False, None
+
+
+HALT_LOSS_WEIGHT = 0.5  # TRM's weight on the halting head's binary cross-entropy
+
+
+def halting_loss(model: nn.Module, logits: torch.Tensor, input_ids: torch.Tensor,
+                 loss_weight: torch.Tensor) -> torch.Tensor | None:
+    """TRM's halting loss for the forward that produced `logits`; None without halting heads.
+
+    Each block's last-cycle logit at position t is trained to say whether the model's next-token
+    prediction there is right (argmax = the token at t + 1): binary cross-entropy weighted by
+    the scored tokens' loss weight, averaged over blocks, times HALT_LOSS_WEIGHT. The sum is on
+    the same scale as the cross-entropy sum it is added to.
+    """
+    heads = [b.halt_logits for b in trm_blocks(model) if b.halt_logits is not None]
+    if not heads:
+        return None
+    correct = (logits[:, :-1].argmax(-1) == input_ids[:, 1:]).float()
+    weight = loss_weight[:, 1:]
+    total = sum((F.binary_cross_entropy_with_logits(q[:, :-1], correct, reduction="none")
+                 * weight).sum() for q in heads)
+    for block in trm_blocks(model):
+        block.halt_logits = None
+    return HALT_LOSS_WEIGHT * total / len(heads)
+
+
+def mean_halting_cycles(model: nn.Module) -> float | None:
+    """Mean cycles a token ran in the evaluation forwards since the blocks were built or last
+    asked (over blocks with a halting head; None without any), and start counting afresh."""
+    stats = [block.halt_stats for block in trm_blocks(model) if block.halt is not None]
+    tokens, cycles = sum(s.tokens for s in stats), sum(s.cycles for s in stats)
+    for block in trm_blocks(model):
+        block.halt_stats = HaltStats()
+    return cycles / tokens if tokens else None
 
 
 def trm_parameter_count(model_config: PretrainedConfig, trm_config: TRMConfig) -> int:

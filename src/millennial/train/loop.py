@@ -3,7 +3,8 @@
 What it trains is decided by the caller (named parameter groups with their learning rates); the
 loop owns order, precision, accumulation, deep supervision, clipping, the weight average (EMA),
 checkpoints and logging. The loss is the curated mixture's: each target token's cross-entropy
-times its loss weight, over the total weight of the global batch.
+times its loss weight, over the total weight of the global batch (plus, with TRM halting heads,
+their weighted halting loss on the same scale).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from millennial.fingerprint import tensors_sha256
 from millennial.heldout import HeldOutLosses
-from millennial.hybrid.injection import deep_supervision
+from millennial.hybrid.injection import deep_supervision, halting_loss
 from millennial.train.checkpoint import (
     Progress,
     claim_run_dir,
@@ -289,11 +290,14 @@ def _optimizer_step(
 
 def weighted_loss(model: nn.Module, input_ids: torch.Tensor,
                   loss_weight: torch.Tensor) -> torch.Tensor:
-    """Sum over target tokens of cross-entropy x loss weight (weight 0: not scored)."""
+    """Sum over target tokens of cross-entropy x loss weight (weight 0: not scored), plus the
+    halting heads' loss where the model has any."""
     logits = model(input_ids=input_ids, use_cache=False).logits
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(),
                           reduction="none")
-    return (nll * loss_weight[:, 1:].flatten()).sum()
+    loss = (nll * loss_weight[:, 1:].flatten()).sum()
+    halting = halting_loss(model, logits, input_ids, loss_weight)
+    return loss if halting is None else loss + halting
 
 
 def _checkpoint(
