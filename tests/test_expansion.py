@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_causal_lm
 
-from millennial.hybrid.adapter import base_weights_sha256
+from millennial.fingerprint import parameters_sha256s
 from millennial.hybrid.expansion import (
     block_parameter_count,
     expand,
@@ -60,18 +60,18 @@ def test_new_blocks_get_gradient_and_cached_decoding_stays_exact(architecture: s
 
 def test_artifact_round_trip_and_base_identity(tmp_path) -> None:
     model = tiny_causal_lm("llama")
-    identity = base_weights_sha256(model)
+    identity = parameters_sha256s(model)
     expand(model, 2)
     with torch.no_grad():
         for parameter in expansion_named_parameters(model).values():
             parameter.add_(0.1)
     ids = torch.randint(1, 97, (2, 10))
     expected = model(ids).logits
-    save_expansion(model, tmp_path / "pro", base_sha256=identity, base_name="tiny",
+    save_expansion(model, tmp_path / "pro", base_sha256s=identity, base_name="tiny",
                    base_revision=None)
     reloaded = load_expansion(tiny_causal_lm("llama"), tmp_path / "pro")
     assert torch.equal(reloaded(ids).logits, expected)
-    with pytest.raises(ValueError, match="blocks were trained on base 'tiny'"):
+    with pytest.raises(ValueError, match="trained on base 'tiny'"):
         load_expansion(tiny_causal_lm("llama", seed=5), tmp_path / "pro")
     with pytest.raises(FileNotFoundError, match=r"expansion_config\.json: not found"):
         load_expansion(tiny_causal_lm("llama"), tmp_path)

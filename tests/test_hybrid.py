@@ -9,6 +9,7 @@ from millennial.hybrid import (
     TRMConfig,
     freeze_base,
     inject,
+    remove_trm,
     trm_disabled,
     trm_parameter_count,
 )
@@ -217,3 +218,19 @@ def test_deep_supervision_carries_the_recursion_state_between_forwards() -> None
     assert torch.equal(first, fresh) and not torch.allclose(second, fresh)
     assert all(block.carry is None for block in trm_blocks(model))
     assert torch.equal(model(ids).logits, fresh)
+
+
+def test_remove_trm_leaves_the_untouched_base_and_inject_works_again(architecture: str) -> None:
+    ids = torch.randint(1, 97, (2, 12))
+    base = tiny_causal_lm(architecture)
+    expected, keys = base(ids).logits, set(base.state_dict())
+    model = hybrid(architecture)
+    assert remove_trm(model) is model
+    assert set(model.state_dict()) == keys and not trm_blocks(model)
+    assert torch.equal(model(ids).logits, expected)
+    assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0),
+                       base.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0))
+    perturb_trm(inject(model, SMALL))
+    assert not torch.allclose(model(ids).logits, expected)
+    with pytest.raises(ValueError, match="no TRM blocks to remove"):
+        remove_trm(remove_trm(model))

@@ -64,7 +64,8 @@ optimizer.step()
 weights, state = gather_training_state(model, optimizer)
 if rank == 0:
     torch.save((weights, state), out / "state.pt")
-    save_trm(model, out / "adapter", tensors=weights, base_sha256=provenance["state_sha256"])
+    save_trm(model, out / "adapter", tensors=weights,
+             base_sha256s=provenance["state_sha256_by_dtype"])
 dist.barrier()
 weights, state = torch.load(out / "state.pt", weights_only=False)
 with torch.no_grad():

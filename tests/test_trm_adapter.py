@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import perturb_trm, tiny_causal_lm
 
+from millennial.fingerprint import IDENTITY_RULE, parameters_sha256s
 from millennial.hybrid import TRMConfig, inject, load_trm, save_trm
 from millennial.hybrid.adapter import CONFIG_FILE, WEIGHTS_FILE, base_weights_sha256
 from millennial.hybrid.injection import trm_named_parameters
@@ -32,8 +33,11 @@ def test_artifact_holds_only_trm_weights_and_the_base_identity(tmp_path) -> None
     save_trm(model, tmp_path / "adapter", base_name="tiny", base_revision="r1")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [WEIGHTS_FILE, CONFIG_FILE]
     meta = json.loads((tmp_path / "adapter" / CONFIG_FILE).read_text())
-    assert meta["base"] == {"name": "tiny", "revision": "r1",
-                            "weights_sha256": base_weights_sha256(tiny_causal_lm())}
+    digests = parameters_sha256s(tiny_causal_lm())
+    assert meta["base"] == {"name": "tiny", "revision": "r1", "dtype": "float32",
+                            "weights_sha256": base_weights_sha256(tiny_causal_lm()),
+                            "weights_sha256_by_dtype": digests, "identity": IDENTITY_RULE}
+    assert sorted(digests) == ["bfloat16", "float16", "float32"]
     assert TRMConfig.from_dict(meta["trm"]) == CONFIG
     from safetensors.torch import load_file
 
@@ -43,9 +47,11 @@ def test_artifact_holds_only_trm_weights_and_the_base_identity(tmp_path) -> None
 
 def test_loading_onto_a_different_base_is_refused_unless_not_strict(tmp_path) -> None:
     save_trm(trained_hybrid(), tmp_path / "adapter")
-    with pytest.raises(ValueError, match="weights sha256"):
+    with pytest.raises(ValueError, match="weights hash to sha256"):
         load_trm(tiny_causal_lm(seed=7), tmp_path / "adapter")
-    with pytest.warns(UserWarning, match="weights sha256"):
+    with pytest.raises(ValueError, match="bfloat16 weights hash to sha256"):
+        load_trm(tiny_causal_lm(seed=7).to(torch.bfloat16), tmp_path / "adapter")
+    with pytest.warns(UserWarning, match="weights hash to sha256"):
         other = load_trm(tiny_causal_lm(seed=7), tmp_path / "adapter", strict=False)
     assert other.trm_config == CONFIG
 
@@ -78,3 +84,30 @@ def test_adapter_names_its_base_by_the_hash_in_the_base_provenance(tmp_path) -> 
     save_trm(model, tmp_path / "adapter")
     meta = json.loads((tmp_path / "adapter" / CONFIG_FILE).read_text())
     assert meta["base"]["weights_sha256"] == provenance["state_sha256"]
+    assert meta["base"]["weights_sha256_by_dtype"] == provenance["state_sha256_by_dtype"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_an_fp32_adapter_serves_on_the_same_base_in_half_precision(tmp_path, architecture: str,
+                                                                   dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = trained_hybrid(architecture)
+    save_trm(model, tmp_path / "adapter")
+    tiny_causal_lm(architecture).save_pretrained(tmp_path / "base")
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=dtype).eval()
+    served = load_trm(half, tmp_path / "adapter")
+    assert {p.dtype for p in served.parameters()} == {dtype}
+    ids = torch.randint(1, 97, (2, 8))
+    torch.testing.assert_close(served(ids).logits.float(), model(ids).logits,
+                               rtol=0.1, atol=0.15)
+    generated = served.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)
+
+
+def test_a_half_precision_adapter_refuses_a_wider_base(tmp_path) -> None:
+    model = trained_hybrid().to(torch.bfloat16)
+    save_trm(model, tmp_path / "adapter")
+    with pytest.raises(ValueError, match="loads onto that base in bfloat16, but this model's "
+                                         "base weights are float32"):
+        load_trm(tiny_causal_lm(), tmp_path / "adapter")

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from millennial.atomic import atomic_dir, write_json
-from millennial.fingerprint import parameters_sha256
+from millennial.fingerprint import parameters_sha256, parameters_sha256s
 from millennial.params import ParamsError, load_params, section
 
 log = logging.getLogger(__name__)
@@ -438,6 +438,7 @@ def _provenance(spec: BaseSpec, loaded: Loaded, out: Path) -> dict[str, Any]:
             "tie_word_embeddings": bool(getattr(text, "tie_word_embeddings", False)),
         },
         "state_sha256": parameters_sha256(model),
+        "state_sha256_by_dtype": parameters_sha256s(model),  # adapters accept these casts
         "weight_files": {
             path.name: file_sha256(path)
             for path in sorted(out.iterdir())

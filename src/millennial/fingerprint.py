@@ -25,3 +25,39 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
 def parameters_sha256(model: torch.nn.Module) -> str:
     """The digest of a model's parameters, tied weights once: what adapters name their base by."""
     return tensors_sha256(dict(model.named_parameters()))
+
+
+def parameters_sha256s(model: torch.nn.Module) -> dict[str, str]:
+    """`dtype_sha256s` of a model's parameters (tied weights once)."""
+    return dtype_sha256s(dict(model.named_parameters()))
+
+
+# Serving dtypes an adapter trained on a wider base accepts: the trained weights cast to these.
+SERVING_DTYPES = (torch.bfloat16, torch.float16)
+IDENTITY_RULE = (
+    "sha256 of the base's parameters in the dtype they are loaded in, compared with the trained "
+    "weights' own digest or with the digest of those weights cast (round to nearest, as "
+    "transformers' `dtype=` loading does) to bfloat16 or float16"
+)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def weights_dtype(tensors: Mapping[str, torch.Tensor]) -> str:
+    """The dtype of the floating-point weights (the first one's: models hold one)."""
+    floating = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    return dtype_name(floating[0]) if floating else "none"
+
+
+def dtype_sha256s(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Digest of `tensors` as they are, and cast to each serving dtype narrower than theirs:
+    what an adapter trained on them accepts as the same base (IDENTITY_RULE)."""
+    own = weights_dtype(tensors)
+    digests = {own: tensors_sha256(tensors)}
+    if own == "float32":
+        for dtype in SERVING_DTYPES:
+            digests[dtype_name(dtype)] = tensors_sha256(
+                {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()})
+    return digests

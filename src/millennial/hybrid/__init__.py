@@ -14,6 +14,7 @@ _EXPORTS = {
     "deep_supervision": "millennial.hybrid.injection",
     "freeze_base": "millennial.hybrid.injection",
     "inject": "millennial.hybrid.injection",
+    "remove_trm": "millennial.hybrid.injection",
     "trm_disabled": "millennial.hybrid.injection",
     "trm_parameter_count": "millennial.hybrid.injection",
     "load_trm": "millennial.hybrid.adapter",

@@ -1,7 +1,9 @@
 """Adapter-only artifacts: TRM weights plus the identity of the base they were trained on.
 
 Like a PEFT adapter, the artifact is small and useless without its base, so it records the base's
-name, revision and a content hash of its weights, and refuses to load onto a different base.
+name, revision and content hashes of its weights, and refuses to load onto a different base. The
+same base served in half precision is the same base: an adapter trained on fp32 weights also
+records their bf16 and fp16 casts (`fingerprint.IDENTITY_RULE`, written into the artifact).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from millennial.atomic import atomic_dir
-from millennial.fingerprint import tensors_sha256
+from millennial.fingerprint import IDENTITY_RULE, dtype_sha256s, tensors_sha256, weights_dtype
 from millennial.hybrid.config import TRMConfig
 from millennial.hybrid.injection import base_named_parameters, inject, trm_named_parameters
 
@@ -26,6 +29,33 @@ CONFIG_FILE = "trm_config.json"
 def base_weights_sha256(model: nn.Module) -> str:
     """Content hash of the base (non-TRM) parameters: `state_sha256` in the base's provenance."""
     return tensors_sha256(base_named_parameters(model))
+
+
+def base_record(name: str | None, revision: str | None, digests: dict[str, str]) -> dict[str, Any]:
+    """The `base` entry of an artifact: `digests` maps dtype -> sha256, the trained dtype first
+    (`fingerprint.dtype_sha256s`)."""
+    dtype = next(iter(digests))
+    return {"name": name, "revision": revision, "dtype": dtype,
+            "weights_sha256": digests[dtype], "weights_sha256_by_dtype": digests,
+            "identity": IDENTITY_RULE}
+
+
+def base_mismatch(recorded: dict[str, Any], model: nn.Module, source: Path) -> str | None:
+    """Why `model`'s base is not the one `recorded` (None: it is). Artifacts without per-dtype
+    digests (written before them) compare the trained digest alone."""
+    weights = base_named_parameters(model)
+    dtype = weights_dtype(weights)
+    accepted = recorded.get("weights_sha256_by_dtype") or {
+        recorded.get("dtype", dtype): recorded["weights_sha256"]}
+    if dtype not in accepted:
+        return (f"{source}: trained on base {recorded['name']!r} in {recorded.get('dtype')}; it "
+                f"loads onto that base in {', '.join(sorted(accepted))}, but this model's base "
+                f"weights are {dtype}")
+    actual = tensors_sha256(weights)
+    if actual != accepted[dtype]:
+        return (f"{source}: trained on base {recorded['name']!r} whose {dtype} weights hash to "
+                f"sha256 {accepted[dtype]}, but this model's base weights hash to {actual}")
+    return None
 
 
 def artifact_files(directory: Path, config: str, weights: str, kind: str) -> tuple[Path, Path]:
@@ -44,21 +74,20 @@ def save_trm(
     base_name: str | None = None,
     base_revision: str | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
-    base_sha256: str | None = None,
+    base_sha256s: dict[str, str] | None = None,
 ) -> Path:
     """Write `trm.safetensors` and `trm_config.json` to directory `path`, atomically.
 
     A model sharded across processes (FSDP) holds no whole tensors: pass its gathered TRM
-    `tensors` and the hash of its base weights (`base_sha256`) instead of reading them here.
+    `tensors` and its base's digests (`base_sha256s`: dtype -> sha256, trained dtype first,
+    `state_sha256_by_dtype` in the base's provenance) instead of reading them here.
     """
     config = getattr(model, "trm_config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no TRM blocks: nothing to save")
-    identity = {
-        "name": base_name or getattr(model.config, "name_or_path", None),
-        "revision": base_revision,
-        "weights_sha256": base_sha256 or base_weights_sha256(model),
-    }
+    identity = base_record(base_name or getattr(model.config, "name_or_path", None),
+                           base_revision,
+                           base_sha256s or dtype_sha256s(base_named_parameters(model)))
     own = trm_named_parameters(model)
     if tensors is None:
         tensors = own
@@ -76,8 +105,9 @@ def save_trm(
 def load_trm(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
     """Inject (if needed) and load a saved TRM adapter into `model`.
 
-    A base whose weights hash differently from the one the adapter was trained on is an error,
-    unless `strict=False`, which loads anyway with a warning.
+    A base that is not the one the adapter was trained on (as it was, or cast to bf16/fp16) is
+    an error, unless `strict=False`, which loads anyway with a warning. The blocks take the
+    base's dtype.
     """
     config_path, weights_path = artifact_files(Path(path), CONFIG_FILE, WEIGHTS_FILE,
                                                "a TRM adapter")
@@ -90,13 +120,8 @@ def load_trm(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.M
         raise ValueError(
             f"{config_path}: adapter config {config} differs from the model's {current}"
         )
-    expected = meta["base"]["weights_sha256"]
-    actual = base_weights_sha256(model)
-    if actual != expected:
-        message = (
-            f"{config_path}: adapter was trained on base {meta['base']['name']!r} with weights "
-            f"sha256 {expected}, but this model's base weights hash to {actual}"
-        )
+    message = base_mismatch(meta["base"], model, config_path)
+    if message is not None:
         if strict:
             raise ValueError(message + "; pass strict=False to load it anyway")
         warnings.warn(message, stacklevel=2)

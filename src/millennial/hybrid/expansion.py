@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from millennial.atomic import atomic_dir
-from millennial.hybrid.adapter import artifact_files, base_weights_sha256
+from millennial.hybrid.adapter import artifact_files, base_mismatch, base_record
 from millennial.hybrid.injection import find_decoder_layers
 
 WEIGHTS_FILE = "expansion.safetensors"
@@ -126,18 +126,18 @@ def freeze_all_but_expansion(model: nn.Module) -> int:
     return sum(p.numel() for p in trainable.values())
 
 
-def save_expansion(model: nn.Module, path: str | Path, *, base_sha256: str,
+def save_expansion(model: nn.Module, path: str | Path, *, base_sha256s: dict[str, str],
                    base_name: str | None, base_revision: str | None,
                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the new blocks' weights and where they go, atomically (`tensors`: gathered from a
-    sharded model)."""
+    sharded model; `base_sha256s`: the base's digests, as `save_trm` takes them)."""
     expansion: Expansion = model.expansion
     own = expansion_named_parameters(model)
     tensors = own if tensors is None else tensors
     if set(tensors) != set(own):
         raise ValueError(f"tensors must be exactly the new blocks' parameters; differ on "
                          f"{sorted(set(tensors) ^ set(own))[:5]}")
-    meta = {"base": {"name": base_name, "revision": base_revision, "weights_sha256": base_sha256},
+    meta = {"base": base_record(base_name, base_revision, base_sha256s),
             "expansion": {"blocks": len(expansion.hosts), **asdict(expansion)}}
     with atomic_dir(path) as tmp:
         save_file({n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
@@ -147,16 +147,14 @@ def save_expansion(model: nn.Module, path: str | Path, *, base_sha256: str,
 
 
 def load_expansion(model: PreTrainedModel, path: str | Path) -> PreTrainedModel:
-    """Expand `model` as the artifact at `path` says and load its blocks; a base whose weights
-    hash differently from the one it was trained on is refused."""
+    """Expand `model` as the artifact at `path` says and load its blocks; a base that is not
+    the one they were trained on (as it was, or cast to bf16/fp16) is refused."""
     config_path, weights_path = artifact_files(Path(path), CONFIG_FILE, WEIGHTS_FILE,
                                                "an expansion")
     meta = json.loads(config_path.read_text(encoding="utf-8"))
-    expected, actual = meta["base"]["weights_sha256"], base_weights_sha256(model)
-    if actual != expected:
-        raise ValueError(f"{config_path}: blocks were trained on base {meta['base']['name']!r} "
-                         f"with weights sha256 {expected}, but this model's weights hash to "
-                         f"{actual}")
+    mismatch = base_mismatch(meta["base"], model, config_path)
+    if mismatch is not None:
+        raise ValueError(mismatch)
     expansion = expand(model, int(meta["expansion"]["blocks"]))
     if list(expansion.hosts) != meta["expansion"]["hosts"]:
         raise ValueError(f"{config_path}: hosts {meta['expansion']['hosts']} differ from "

@@ -125,9 +125,9 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
                 if config.pretrained else RANDOM_CORE_NORM_EPS)
     stack_inputs = _StackInputs()
     signature = inspect.signature(owner.forward)
-    owner.register_forward_pre_hook(
+    handles = [owner.register_forward_pre_hook(
         partial(_capture_stack_inputs, stack_inputs, signature), with_kwargs=True
-    )
+    )]
     shared_core = None
     for index in positions:
         host = layers[index]
@@ -140,8 +140,25 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
         if config.share_across_layers:
             shared_core = block.core
         host.add_module("trm", block)
-        host.register_forward_hook(partial(_run_block, block, stack_inputs), with_kwargs=True)
+        handles.append(host.register_forward_hook(partial(_run_block, block, stack_inputs),
+                                                  with_kwargs=True))
     model.trm_config = config
+    model.trm_hooks = handles
+    return model
+
+
+def remove_trm(model: PreTrainedModel) -> PreTrainedModel:
+    """Take the TRM blocks and their hooks out of `model`, in place: what is left is the base,
+    untouched (its parameters were never replaced), and `inject` works on it again."""
+    if getattr(model, "trm_config", None) is None:
+        raise ValueError(f"{type(model).__name__} has no TRM blocks to remove")
+    for handle in model.trm_hooks:
+        handle.remove()
+    _, layers = find_decoder_layers(model)
+    for layer in layers:
+        if isinstance(getattr(layer, "trm", None), TRMBlock):
+            del layer.trm
+    del model.trm_config, model.trm_hooks
     return model
 
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
-from millennial.fingerprint import tensors_sha256
+from millennial.fingerprint import dtype_sha256s, tensors_sha256
 from millennial.heldout import HeldOutLosses, held_out_losses, held_out_sets, read_split
 from millennial.hybrid import (
     TRMConfig,
@@ -205,7 +205,7 @@ def run_phase1(
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
         save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,
-                 base_sha256=provenance["state_sha256"], base_name=provenance["name"],
+                 base_sha256s=provenance["state_sha256_by_dtype"], base_name=provenance["name"],
                  base_revision=provenance["revision"])
     metrics = _metrics(result, held_out, trainable, _unique_count(model))
     return metrics | {"lr_groups": {g.name: g.lr for g in groups}}
@@ -279,7 +279,7 @@ def save_hybrid(model: PreTrainedModel, weights: dict[str, torch.Tensor], base_d
                               max_shard_size="200MB")
         AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
         save_trm(model, tmp / "trm", tensors={n: weights[n] for n in trm_names},
-                 base_sha256=tensors_sha256(base_state), base_name=str(out),
+                 base_sha256s=dtype_sha256s(base_state), base_name=str(out),
                  base_revision="phase2")
 
 
@@ -379,8 +379,8 @@ def run_llama_pro(
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         save_expansion(accelerator.unwrap_model(model), paths.out, tensors=weights,
-                       base_sha256=provenance["state_sha256"], base_name=provenance["name"],
-                       base_revision=provenance["revision"])
+                       base_sha256s=provenance["state_sha256_by_dtype"],
+                       base_name=provenance["name"], base_revision=provenance["revision"])
     metrics = _metrics(result, held_out, trainable, _unique_count(model))
     return metrics | {"blocks": blocks, "hosts": list(expansion.hosts),
                       "trm_trainable_params": target,
