@@ -33,7 +33,8 @@ stays exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -72,27 +73,34 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
+class KVStore(Protocol):
+    """Keys and values of past tokens for every (call of f, layer of f) of one block.
+
+    The recursion at a position depends only on earlier positions, so each call's keys and values
+    for past tokens never change: caching them makes incremental decoding exact. The store
+    (`millennial.hybrid.injection.TRMCache`) keeps them inside the HF cache object.
+    """
+
+    past: int  # tokens cached before this forward
+
+    def key_length(self, seq: int) -> int:
+        """Length of the keys `update` returns for `seq` new tokens (a static cache: all slots)."""
+        ...
+
+    def update(self, slot: tuple[int, int], keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' keys/values (B, heads, S, head_dim); return all of them."""
+        ...
+
+
 @dataclass
 class Attend:
     """What every attention call in one block forward shares: positions, mask, cache."""
 
     cos: torch.Tensor
     sin: torch.Tensor
-    mask: torch.Tensor | None  # (B, 1, S, S_past + S) bool, True = may attend; None = plain causal
-    cache: TRMCache | None
-
-
-@dataclass
-class TRMCache:
-    """Keys and values of past tokens for every (call of f, layer of f) of one block.
-
-    The recursion at a position depends only on earlier positions, so each call's keys and values
-    for past tokens never change: caching them makes incremental decoding exact.
-    """
-
-    length: int = 0
-    keys: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    values: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    mask: torch.Tensor | None  # (B, 1, S, keys) bool, True = may attend; None = plain causal
+    cache: KVStore | None
 
 
 @dataclass
@@ -128,10 +136,7 @@ class CausalSelfAttention(nn.Module):
         k = apply_rotary(heads(self.k_proj(x), self.num_kv_heads), attend.cos, attend.sin)
         v = heads(self.v_proj(x), self.num_kv_heads)
         if attend.cache is not None:
-            if slot in attend.cache.keys:
-                k = torch.cat((attend.cache.keys[slot], k), dim=2)
-                v = torch.cat((attend.cache.values[slot], v), dim=2)
-            attend.cache.keys[slot], attend.cache.values[slot] = k, v
+            k, v = attend.cache.update(slot, k, v)
         grouped = self.num_kv_heads != self.num_heads
         if attend.mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=grouped)
@@ -249,12 +254,12 @@ class TRMBlock(nn.Module):
         hidden: torch.Tensor,
         positions: torch.Tensor,
         key_padding: torch.Tensor | None,
-        cache: TRMCache | None,
+        cache: KVStore | None,
     ) -> torch.Tensor:
         """Run the recursion on `hidden` (B, S, H) and return the host's new output.
 
-        `positions` are the base's position ids of the new tokens; `key_padding` (B, past + S) is
-        True for real tokens; `cache` holds past keys/values during incremental decoding.
+        `positions` are the base's position ids of the new tokens; `key_padding` (B, past + S or
+        more) is True for real tokens; `cache` holds past keys/values during incremental decoding.
         """
         dtype = next(self.core.parameters()).dtype
         if self.down is None:  # pretrained core: y is the residual stream, z a latent update
@@ -265,8 +270,10 @@ class TRMBlock(nn.Module):
             start = (torch.zeros_like(x), torch.zeros_like(x))
         head_dim = self.config.width("hidden_size") // self.config.width("num_heads")
         cos, sin = rotary_tables(positions, head_dim, self.rope_theta, dtype)
-        past = cache.length if cache is not None else 0
-        mask = attention_mask(key_padding, hidden.shape[1], past, hidden.device)
+        seq = hidden.shape[1]
+        past = cache.past if cache is not None else 0
+        keys = cache.key_length(seq) if cache is not None else seq
+        mask = attention_mask(key_padding, seq, past, hidden.device, keys)
         attend = Attend(cos, sin, mask, cache)
         y, z = self.carry if self.carry is not None else start
         call = 0
@@ -286,8 +293,6 @@ class TRMBlock(nn.Module):
                     y, z = torch.where(halted, before[0], y), torch.where(halted, before[1], z)
                 if self.halt is not None:
                     halted = self._halting(y, halted, last=cycle == self.config.cycles - 1)
-        if cache is not None:
-            cache.length = past + hidden.shape[1]
         if self.keep_carry:
             self.carry = (y.detach(), z.detach())
         if self.up is None:
@@ -296,19 +301,25 @@ class TRMBlock(nn.Module):
 
 
 def attention_mask(
-    key_padding: torch.Tensor | None, seq: int, past: int, device: torch.device
+    key_padding: torch.Tensor | None, seq: int, past: int, device: torch.device,
+    keys: int | None = None,
 ) -> torch.Tensor | None:
-    """Boolean (B, 1, S, past + S) mask: causal by index and blind to padded keys.
+    """Boolean (B, 1, S, keys) mask: causal by index and blind to padded keys.
 
-    A query always sees itself, so rows of padding tokens stay finite (their outputs are unused).
-    Returns None when plain causal attention is exact (no padding, nothing cached).
+    `keys` defaults to past + S; a static cache returns more (its unfilled slots, masked as
+    future positions; `key_padding` shorter than `keys` is padded with False). A query always
+    sees itself, so rows of padding tokens stay finite (their outputs are unused). Returns None
+    when plain causal attention is exact (no padding, nothing cached).
     """
-    if past == 0 and (key_padding is None or bool(key_padding.all())):
+    keys = past + seq if keys is None else keys
+    real = key_padding is None or bool(key_padding.all())
+    if past == 0 and keys == seq and real:
         return None
     query_index = torch.arange(past, past + seq, device=device)[:, None]
-    key_index = torch.arange(past + seq, device=device)[None, :]
+    key_index = torch.arange(keys, device=device)[None, :]
     causal = key_index <= query_index
     if key_padding is None:
         return causal[None, None]
-    mask = causal[None, None] & key_padding.bool()[:, None, None, :]
+    padding = F.pad(key_padding.bool(), (0, keys - key_padding.shape[1]), value=False)
+    mask = causal[None, None] & padding[:, None, None, :]
     return mask | (key_index == query_index)[None, None]

@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache
-
-from millennial.hybrid.block import (
-    RANDOM_CORE_NORM_EPS,
-    CoreLayer,
-    HaltStats,
-    TRMBlock,
-    TRMCache,
+from transformers.cache_utils import (
+    BaseQuantizedLayer,
+    Cache,
+    CacheLayerMixin,
+    DynamicLayer,
+    StaticLayer,
 )
+
+from millennial.hybrid.block import RANDOM_CORE_NORM_EPS, CoreLayer, HaltStats, TRMBlock
 from millennial.hybrid.config import BaseDims, TRMConfig
 
 # Families whose decoder stacks, position ids and caches the tests exercise.
@@ -34,14 +34,72 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 # Families whose decoder layers a pretrained core copies exactly (RMSNorm, rotary attention
 # without biases, SwiGLU): qwen2 has q/k/v biases and gpt2 LayerNorm and a GELU MLP.
 PRETRAINED_CORE_MODEL_TYPES = ("llama", "mistral")
-_CACHE_ATTRIBUTE = "millennial_trm"  # per-generation TRM caches ride on the HF cache object
+_CACHE_ATTRIBUTE = "millennial_trm"  # block -> {slot: index of its layer in the HF cache}
 
 
 @dataclass
 class _StackInputs:
-    """The 2-D padding mask of the current call of the decoder stack, shared by its blocks."""
+    """The padding mask of the current call of the decoder stack, shared by its blocks: 2-D as
+    users pass it, or the 4-D mask (or dict of masks) `generate` builds for a static cache."""
 
-    attention_mask: torch.Tensor | None = None
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None = None
+
+
+class TRMCache:
+    """A block's keys and values of past tokens, kept as extra layers of the HF cache object.
+
+    Each (call of f, layer of f) slot gets one cache layer of the base's own kind (dynamic or
+    static), appended after the base's layers, so what `generate` does to the cache (beam
+    reordering, cropping in assisted decoding, batch expansion and selection) does it to the
+    TRM's keys and values too. Quantized caches are refused (lossy, so not exact), and so are
+    static caches that keep only a sliding window (TRM blocks attend over the whole context).
+    """
+
+    def __init__(self, cache: Cache, block: TRMBlock, base_layers: int) -> None:
+        self.cache = cache
+        registry = cache.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
+        self.slots: dict[tuple[int, int], int] = registry.setdefault(id(block), {})
+        first = next(iter(self.slots.values()), None)
+        self.past = cache.layers[first].get_seq_length() if first is not None else 0
+        self.base_layers = base_layers
+
+    def key_length(self, seq: int) -> int:
+        layer = self._template()
+        return layer.max_cache_len if isinstance(layer, StaticLayer) else self.past + seq
+
+    def update(self, slot: tuple[int, int], keys: torch.Tensor,
+               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.slots.get(slot)
+        if index is None:
+            self._reserve_base_layers()
+            index = len(self.cache.layers)
+            template = self._template()
+            self.cache.layers.append(StaticLayer(template.max_cache_len)
+                                     if isinstance(template, StaticLayer) else DynamicLayer())
+            self.slots[slot] = index
+        return self.cache.layers[index].update(keys, values)
+
+    def _reserve_base_layers(self) -> None:
+        """A lazily grown cache gets its base layers first, so the TRM's come after them."""
+        replicate = self.cache.layer_class_to_replicate
+        while replicate is not None and len(self.cache.layers) < self.base_layers:
+            self.cache.layers.append(replicate())
+
+    def _template(self) -> CacheLayerMixin:
+        """The kind of layer the TRM's keys go in: the base's widest."""
+        layers = self.cache.layers[: self.base_layers]
+        if any(isinstance(layer, BaseQuantizedLayer) for layer in layers):
+            raise ValueError("TRM blocks do not support a quantized KV cache (it is lossy, so "
+                             "cached decoding would not match uncached): use a dynamic or "
+                             "static cache")
+        static = [layer for layer in layers if isinstance(layer, StaticLayer)]
+        if not static:
+            return DynamicLayer()
+        full = [layer for layer in static if not layer.is_sliding]
+        if not full:
+            raise ValueError("this static cache keeps only a sliding window, but TRM blocks "
+                             "attend over the whole context: use a dynamic cache")
+        return max(full, key=lambda layer: layer.max_cache_len)
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
@@ -140,8 +198,8 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
         if config.share_across_layers:
             shared_core = block.core
         host.add_module("trm", block)
-        handles.append(host.register_forward_hook(partial(_run_block, block, stack_inputs),
-                                                  with_kwargs=True))
+        handles.append(host.register_forward_hook(
+            partial(_run_block, block, stack_inputs, len(layers)), with_kwargs=True))
     model.trm_config = config
     model.trm_hooks = handles
     return model
@@ -202,6 +260,7 @@ def _capture_stack_inputs(
 def _run_block(
     block: TRMBlock,
     stack_inputs: _StackInputs,
+    base_layers: int,
     module: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -216,27 +275,43 @@ def _run_block(
     )
     cache = None
     if base_cache is not None:
-        caches = base_cache.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
-        cache = caches.setdefault(id(block), TRMCache())
-        if base_cache.get_seq_length() != cache.length + seq:
+        cache = TRMCache(base_cache, block, base_layers)
+        if base_cache.get_seq_length() != cache.past + seq:
             raise RuntimeError(
                 f"the base KV cache holds {base_cache.get_seq_length()} tokens but the TRM cache "
-                f"holds {cache.length} + {seq} new: the cache was filled before injection or "
-                "edited in place (cropping and beam reordering are not supported)"
+                f"holds {cache.past} + {seq} new: the cache was filled before injection, or "
+                "edited behind the hybrid's back"
             )
-    past = cache.length if cache is not None else 0
+    past = cache.past if cache is not None else 0
     positions = kwargs.get("position_ids")
     if positions is None:
         positions = torch.arange(past, past + seq, device=hidden.device)
     positions = positions.reshape(-1, seq).expand(batch, seq)
-    mask = stack_inputs.attention_mask
-    if mask is not None and (mask.dim() != 2 or mask.shape[1] != past + seq):
-        raise ValueError(
-            f"TRM blocks need a 2-D attention mask of shape (batch, {past + seq}); "
-            f"got {tuple(mask.shape)}"
-        )
-    new_hidden = block(hidden, positions, mask, cache)
+    key_padding = _key_padding(stack_inputs.attention_mask, batch, past + seq)
+    new_hidden = block(hidden, positions, key_padding, cache)
     return (new_hidden, *output[1:]) if isinstance(output, tuple) else new_hidden
+
+
+def _key_padding(mask: torch.Tensor | dict[str, torch.Tensor] | None, batch: int,
+                 length: int) -> torch.Tensor | None:
+    """(B, past + S) True for real tokens, from the mask the stack was called with.
+
+    A 4-D mask (B, 1, S, keys) is the base's own, causal and padded: its last row is the newest
+    token's, which sees every real key before it (bool True, or an additive 0, = may attend).
+    """
+    if isinstance(mask, dict):  # per attention type (full / sliding): the full one
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if mask is None:
+        return None
+    if mask.dim() == 4 and mask.shape[0] == batch and mask.shape[-1] >= length:
+        row = mask[:, 0, -1, :length]
+        return row if row.dtype == torch.bool else row == 0
+    if mask.dim() == 2 and mask.shape == (batch, length):
+        return mask
+    raise ValueError(
+        f"TRM blocks need a 2-D attention mask of shape ({batch}, {length}) or the base's 4-D "
+        f"mask over at least {length} keys; got {tuple(mask.shape)}"
+    )
 
 
 def trm_blocks(model: nn.Module) -> list[TRMBlock]:
