@@ -30,17 +30,28 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel  # noqa: E402
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
-
+_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2)
 _TINY = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2),
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                    num_attention_heads=4, num_key_value_heads=2, sliding_window=None),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2),
+    "llama": _LLAMA_LIKE,
+    "mistral": {**_LLAMA_LIKE, "sliding_window": None},
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": {**_LLAMA_LIKE, "head_dim": 8},  # q/k norms
+    "gemma2": {**_LLAMA_LIKE, "head_dim": 8},  # sliding/global layers, extra norms, soft-capping
+    "phi3": _LLAMA_LIKE,  # fused qkv and gate/up projections
+    "olmo2": _LLAMA_LIKE,  # norms after attention and MLP
+    "granite": _LLAMA_LIKE,  # residual and logit multipliers
+    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                     num_attention_heads=4),  # Pythia: LayerNorm with biases, parallel residual
+    "falcon": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                   new_decoder_architecture=True, num_kv_heads=2),  # LayerNorm, parallel attn
+    "starcoder2": _LLAMA_LIKE,  # LayerNorm and biases everywhere
+    "mixtral": {**_LLAMA_LIKE, "num_local_experts": 4, "num_experts_per_tok": 2},  # MoE
+    "qwen2_moe": {**_LLAMA_LIKE, "num_experts": 4, "num_experts_per_tok": 2,
+                  "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32},
     "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=128),
 }
+ARCHITECTURES = tuple(_TINY)
 
 
 def tiny_causal_lm(architecture: str = "llama", seed: int = 0, vocab: int = 97) -> PreTrainedModel:

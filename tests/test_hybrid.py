@@ -189,11 +189,28 @@ def test_bfloat16_base_gets_bfloat16_blocks() -> None:
     assert model(torch.randint(1, 97, (1, 6))).logits.dtype == torch.bfloat16
 
 
-def test_unsupported_architecture_is_named() -> None:
-    config = AutoConfig.for_model("opt", vocab_size=50, hidden_size=16, num_hidden_layers=2,
+def test_families_that_cannot_work_are_refused_by_name_with_the_reason() -> None:
+    mamba = AutoConfig.for_model("mamba", vocab_size=50, hidden_size=16, num_hidden_layers=2)
+    with pytest.raises(ValueError, match=r"MambaForCausalLM \(model_type='mamba'\): a "
+                                         "state-space / recurrent model"):
+        inject(AutoModelForCausalLM.from_config(mamba), SMALL)
+    from transformers import AutoModelForSeq2SeqLM
+
+    t5 = AutoConfig.for_model("t5", vocab_size=50, d_model=16, d_ff=32, num_layers=2,
+                              num_heads=2, d_kv=8)
+    with pytest.raises(ValueError, match="is an encoder-decoder"):
+        inject(AutoModelForSeq2SeqLM.from_config(t5), SMALL)
+    with pytest.raises(ValueError, match="needs a transformers PreTrainedModel, got Linear"):
+        inject(torch.nn.Linear(2, 2), SMALL)
+
+
+def test_a_family_no_test_names_is_injected_generically() -> None:
+    config = AutoConfig.for_model("opt", vocab_size=50, hidden_size=16, num_hidden_layers=4,
                                   ffn_dim=32, num_attention_heads=2, word_embed_proj_dim=16)
-    with pytest.raises(ValueError, match="OPTForCausalLM"):
-        inject(AutoModelForCausalLM.from_config(config), SMALL)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(1, 50, (2, 8))
+    expected = model(ids).logits
+    assert torch.equal(inject(model, SMALL)(ids).logits, expected)
 
 
 def test_injecting_twice_and_bad_layer_indices_fail() -> None:

@@ -44,6 +44,14 @@ TINY = {
                     num_attention_heads=4, num_key_value_heads=1, sliding_window=None),
     "qwen2": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+    "granite": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2),
+    "olmo2": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2),
+    "phi3": dict(hidden_size=32, intermediate_size=80, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
     "gpt2": dict(n_embd=32, n_layer=4, n_head=4, n_positions=64, n_inner=96),
 }
 SEQ = 16
@@ -375,3 +383,12 @@ def test_quantities_and_layers_parse() -> None:
     assert parse_layers("4:80:5") == tuple(range(4, 80, 5))
     assert parse_layers("1,-1") == (1, -1)
     assert math.isclose(get_device("A100-40GB").peak_flops, 312e12)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_neox", "falcon", "gemma2"])
+def test_families_the_planner_does_not_model_are_refused_by_name(family: str) -> None:
+    config = AutoConfig.for_model(family, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4)
+    with pytest.raises(ValueError, match=f"model_type '{family}' is not supported; supported: "
+                                         "llama, mistral, qwen2, qwen3, granite, olmo2, phi3"):
+        model_shape(config)

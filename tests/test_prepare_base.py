@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from millennial import base as base_module
 from millennial.base import (
+    ARCHITECTURES,
     BaseSourceError,
     byte_level_tokenizer,
     parse_base_spec,
@@ -86,7 +87,7 @@ def dir_digest(path: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(path.iterdir())}
 
 
-@pytest.mark.parametrize("architecture", ["llama", "mistral", "qwen2", "gpt2"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_tiny_random_loads_back_with_exact_provenance(tmp_path: Path, architecture: str) -> None:
     out = tmp_path / "base"
     provenance = prepare_base(tiny(architecture), out)
@@ -213,7 +214,8 @@ def test_hub_needs_a_pinned_revision() -> None:
         ({"source": "local"}, r"base\.local\.path must be a non-empty string"),
         (
             {"source": "tiny-random", "tiny_random": {**TINY, "architecture": "bert"}},
-            r"base\.tiny_random\.architecture must be one of llama, mistral, qwen2, gpt2",
+            r"base\.tiny_random\.architecture must be one of llama, mistral, qwen2, qwen3, "
+            "granite, olmo2, phi3, gpt2",
         ),
         (
             {"source": "tiny-random", "tiny_random": {**TINY, "num_layers": True}},

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from millennial.atomic import atomic_dir, write_json
+from millennial.cost.planner import SUPPORTED_MODEL_TYPES
 from millennial.fingerprint import parameters_sha256, parameters_sha256s
 from millennial.params import ParamsError, load_params, section
 
@@ -43,7 +44,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
+# Tiny random bases for tests and CI-sized runs: the families the cost planner models, so every
+# stage (training FLOPs, evaluation cost) works on them. Injection itself takes more families.
+ARCHITECTURES = SUPPORTED_MODEL_TYPES
 BOS_EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 PROVENANCE_FILE = "provenance.json"
@@ -281,8 +284,12 @@ def _tiny_random_config(spec: TinyRandomSpec, tokenizer: PreTrainedTokenizerBase
             n_positions=spec.max_position_embeddings,
             **ids,
         )
+    # Qwen3's default head_dim (128) is not derived from the width.
+    qwen3 = spec.architecture == "qwen3"
+    head_dim = {"head_dim": spec.hidden_size // spec.num_heads} if qwen3 else {}
     return AutoConfig.for_model(
         spec.architecture,
+        **head_dim,
         hidden_size=spec.hidden_size,
         num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads,

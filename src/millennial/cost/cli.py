@@ -162,6 +162,17 @@ def format_plan(p: Plan) -> str:
         f"  activations ({p.micro_batch_tokens} tokens)     {mem['activations']:>10,.1f} GB",
         f"  fewest GPUs that fit: {p.min_gpus if p.min_gpus is not None else 'none'}",
     ]
+    serve = p.serving
+    if serve["trm_attention"] is not None:
+        lines += [
+            "",
+            f"serving, per generated token at context {serve['context']} "
+            f"(TRM attention: {serve['trm_attention']})",
+            f"  decode FLOPs  base {_si(serve['base_flops_per_token'])}, hybrid "
+            f"{_si(serve['hybrid_flops_per_token'])} ({serve['flops_ratio']:.2f}x)",
+            f"  KV cache      base {_si(serve['base_kv_bytes_per_token'], 'B')}, hybrid "
+            f"{_si(serve['hybrid_kv_bytes_per_token'], 'B')} ({serve['kv_ratio']:.2f}x)",
+        ]
     return "\n".join(lines)
 
 

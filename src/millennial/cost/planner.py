@@ -35,7 +35,11 @@ from millennial.hybrid.config import BaseDims, TRMConfig
 
 PHASES = ("phase1", "phase2", "lora", "scratch")
 SHARDINGS = ("ddp", "fsdp")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+# Families whose shapes the planner models exactly (tests: parameter count and FLOPs against the
+# real modules). Others are refused by name: MoE routing, parallel residuals and fused LayerNorm
+# blocks (Mixtral, GPT-NeoX, Falcon, Gemma...) are not modelled yet.
+LLAMA_LIKE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "phi3")
+SUPPORTED_MODEL_TYPES = (*LLAMA_LIKE_MODEL_TYPES, "gpt2")
 
 BYTES_PER_FROZEN_PARAM = 2  # bf16 weight
 BYTES_PER_TRAINABLE_PARAM = 16  # bf16 weight + fp32 master + bf16 grad + 2 fp32 AdamW moments
@@ -89,10 +93,12 @@ class ModelShape:
     # mask), so checkpoint recomputation cannot stop before that matmul.
     saves_after_last_matmul: bool = False
     num_heads: int = 1  # query heads (a pretrained TRM core copies them)
+    qk_norm_params: int = 0  # per layer: Qwen3's per-head and OLMo 2's full-width q/k norms
 
     @property
     def layer_params(self) -> int:
-        return sum(linear.params for linear in self.linears) + 2 * self.norm_params
+        return (sum(linear.params for linear in self.linears) + 2 * self.norm_params
+                + self.qk_norm_params)
 
     @property
     def layer_macs(self) -> int:
@@ -129,21 +135,31 @@ def model_shape(config: Any) -> ModelShape:
     kv_heads = _field(config, "num_key_value_heads", None) or heads
     head_dim = _field(config, "head_dim", None) or hidden // heads
     inner = _field(config, "intermediate_size")
-    if model_type == "llama":
-        qkv_bias = o_bias = bool(_field(config, "attention_bias", False))
-        mlp_bias = bool(_field(config, "mlp_bias", False))
-    else:  # qwen2 has q/k/v biases and no o bias; mistral has none
-        qkv_bias, o_bias, mlp_bias = model_type == "qwen2", False, False
     width, kv = heads * head_dim, kv_heads * head_dim
-    linears = (
-        Linear("q_proj", hidden, width, qkv_bias, True),
-        Linear("k_proj", hidden, kv, qkv_bias, True),
-        Linear("v_proj", hidden, kv, qkv_bias, True),
-        Linear("o_proj", width, hidden, o_bias),
-        Linear("gate_proj", hidden, inner, mlp_bias),
-        Linear("up_proj", hidden, inner, mlp_bias),
-        Linear("down_proj", inner, hidden, mlp_bias),
-    )
+    attention_bias = bool(_field(config, "attention_bias", False))
+    if model_type in ("llama", "granite", "qwen3", "olmo2"):
+        qkv_bias = o_bias = attention_bias
+        mlp_bias = bool(_field(config, "mlp_bias", False))
+    else:  # qwen2 has q/k/v biases and no o bias; mistral and phi3 have none
+        qkv_bias, o_bias, mlp_bias = model_type == "qwen2", False, False
+    if model_type == "phi3":  # fused q/k/v and gate/up projections
+        linears: tuple[Linear, ...] = (
+            Linear("qkv_proj", hidden, width + 2 * kv, False, True),
+            Linear("o_proj", width, hidden),
+            Linear("gate_up_proj", hidden, 2 * inner, False, True),
+            Linear("down_proj", inner, hidden),
+        )
+    else:
+        linears = (
+            Linear("q_proj", hidden, width, qkv_bias, True),
+            Linear("k_proj", hidden, kv, qkv_bias, True),
+            Linear("v_proj", hidden, kv, qkv_bias, True),
+            Linear("o_proj", width, hidden, o_bias),
+            Linear("gate_proj", hidden, inner, mlp_bias),
+            Linear("up_proj", hidden, inner, mlp_bias),
+            Linear("down_proj", inner, hidden, mlp_bias),
+        )
+    qk_norms = {"qwen3": 2 * head_dim, "olmo2": width + kv}.get(model_type, 0)
     return ModelShape(
         model_type=model_type,
         hidden_size=hidden,
@@ -158,6 +174,7 @@ def model_shape(config: Any) -> ModelShape:
         gated_mlp=True,
         linears=linears,
         num_heads=heads,
+        qk_norm_params=qk_norms,
     )
 
 
@@ -331,10 +348,24 @@ def _kv_width(trm: TRMConfig) -> int:
 
 
 def trm_call_flops(trm: TRMConfig, context: int) -> tuple[int, int]:
-    """(matmul, attention) forward FLOPs of one call of the core f, per token (resolved config)."""
+    """(matmul, attention) forward FLOPs of one call of the core f, per token (resolved config).
+
+    With `attention: input` the key/value projections are not per call (`trm_input_kv_flops`).
+    """
     d, ffn = trm.width("hidden_size"), trm.width("ffn_size")
-    matmul = 2 * trm.num_layers * (2 * d * d + 2 * d * _kv_width(trm) + 3 * d * ffn)
-    return matmul, trm.num_layers * attention_flops(d, context)
+    matmul = 2 * trm.num_layers * (2 * d * d + 3 * d * ffn)
+    return matmul + (0 if trm.attention == "input" else trm_kv_flops(trm)), (
+        trm.num_layers * attention_flops(d, context))
+
+
+def trm_kv_flops(trm: TRMConfig) -> int:
+    """Forward FLOPs per token of f's key and value projections, all its layers, one pass."""
+    return 2 * trm.num_layers * 2 * trm.width("hidden_size") * _kv_width(trm)
+
+
+def trm_input_kv_flops(trm: TRMConfig) -> int:
+    """`attention: input`: the key/value projections of the block input, once per forward."""
+    return trm_kv_flops(trm) if trm.attention == "input" else 0
 
 
 def _projection_macs(shape: ModelShape, trm: TRMConfig) -> int:
@@ -363,7 +394,8 @@ def forward_flops_per_token(
 def _trm_block_forward(shape: ModelShape, trm: TRMConfig, context: int) -> float:
     matmul, attention = trm_call_flops(trm, context)
     projections = 2 * 2 * _projection_macs(shape, trm)  # down and up
-    return projections + trm.total_calls * (matmul + attention) + trm.cycles * _halt_flops(trm)
+    return (projections + trm.total_calls * (matmul + attention) + trm.cycles * _halt_flops(trm)
+            + trm_input_kv_flops(trm))
 
 
 def _halt_flops(trm: TRMConfig) -> int:
@@ -425,7 +457,7 @@ def training_flops_per_token(
         # gradient must pass through down even where the base below needs none).
         # The halting head's loss reads the last cycle only: its dW and dy.
         per_block = (trm.grad_calls * (2 * matmul + 2 * attention) + 4 * projection
-                     + 2 * _halt_flops(trm))
+                     + 2 * _halt_flops(trm) + 2 * trm_input_kv_flops(trm))
         trm_backward = len(trm_points) * per_block
 
     recompute = 0.0
@@ -627,6 +659,56 @@ def mfu_from_calibration(path: str | Path) -> float:
 # --------------------------------------------------------------------------- the plan
 
 
+# --------------------------------------------------------------------------- serving
+
+
+@dataclass(frozen=True)
+class ServingCost:
+    """What one generated token costs the base and the hybrid: forward FLOPs at a context, and
+    the bytes it adds to the KV cache (bf16 keys and values)."""
+
+    context: int
+    base_flops_per_token: float
+    hybrid_flops_per_token: float
+    base_kv_bytes_per_token: int
+    hybrid_kv_bytes_per_token: int  # the base's plus the TRM blocks'
+    trm_attention: str | None
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.hybrid_flops_per_token / self.base_flops_per_token
+
+    @property
+    def kv_ratio(self) -> float:
+        return self.hybrid_kv_bytes_per_token / self.base_kv_bytes_per_token
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flops_ratio": self.flops_ratio, "kv_ratio": self.kv_ratio}
+
+
+def kv_cache_bytes_per_token(shape: ModelShape, trm: TRMConfig | None = None) -> int:
+    """Bytes one token adds to the decoding cache: keys and values of every base layer, plus
+    every cached slot of every TRM block (`TRMConfig.cached_slots`)."""
+    base = shape.num_layers * 2 * shape.kv_width * BYTES_PER_ACTIVATION
+    if trm is None:
+        return base
+    trm = resolve_trm(shape, trm)
+    points = len(trm.resolve_layers(shape.num_layers))
+    return base + points * trm.cached_slots * 2 * _kv_width(trm) * BYTES_PER_ACTIVATION
+
+
+def serving_cost(shape: ModelShape, trm: TRMConfig | None, context: int) -> ServingCost:
+    """Decode FLOPs and KV-cache bytes per token of the base and the hybrid at `context`."""
+    return ServingCost(
+        context=context,
+        base_flops_per_token=forward_flops_per_token(shape, context).model,
+        hybrid_flops_per_token=forward_flops_per_token(shape, context, trm).model,
+        base_kv_bytes_per_token=kv_cache_bytes_per_token(shape),
+        hybrid_kv_bytes_per_token=kv_cache_bytes_per_token(shape, trm),
+        trm_attention=trm.attention if trm is not None else None,
+    )
+
+
 @dataclass(frozen=True)
 class Plan:
     """A costed training run; `to_dict` is the JSON `millennial plan --json` prints."""
@@ -668,6 +750,7 @@ class Plan:
     fits: bool
     min_gpus: int | None
     trm: dict[str, Any] | None
+    serving: dict[str, Any]  # ServingCost at seq_len: decode FLOPs and KV bytes per token
     assumptions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -785,6 +868,7 @@ def plan(
         fits=memory["total"] <= device.memory_gb,
         min_gpus=fewest,
         trm=trm.to_dict() if trm is not None else None,
+        serving=serving_cost(shape, trm, seq_len).to_dict(),
         assumptions={
             "device": device.source,
             "price": "given" if usd_per_gpu_hour is not None else "device table default",

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "TRMConfig": "millennial.hybrid.config",
-    "SUPPORTED_MODEL_TYPES": "millennial.hybrid.injection",
+    "TESTED_MODEL_TYPES": "millennial.hybrid.injection",
     "deep_supervision": "millennial.hybrid.injection",
     "freeze_base": "millennial.hybrid.injection",
     "inject": "millennial.hybrid.injection",

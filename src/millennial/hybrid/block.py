@@ -10,7 +10,9 @@ d TRM width. The recursion is TRM's (arXiv:2510.04871) adapted to a causal LM:
     h_out = h + up(y)                      # up is zero-initialised: the hybrid starts as the base
 
 f is a small pre-norm transformer with causal attention that honours padding, rotary positions
-taken from the base's own position ids, grouped-query attention and a SwiGLU MLP.
+taken from the base's own position ids, grouped-query attention and a SwiGLU MLP. With
+`attention: input` its attention reads keys/values computed once per forward from x (each layer
+of f its own), so a decoding cache holds one set per layer of f instead of one per call.
 
 A pretrained core (LLaMA Pro's initialisation) is a copy of the host's own layers at the base's
 width, output projections zeroed, and f(u) is what those layers add to u. The answer y is the
@@ -101,6 +103,8 @@ class Attend:
     sin: torch.Tensor
     mask: torch.Tensor | None  # (B, 1, S, keys) bool, True = may attend; None = plain causal
     cache: KVStore | None
+    # attention: input: each layer of f's keys/values from the block input, computed once
+    input_keys: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -126,17 +130,23 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, kv_width, bias=False)
         self.o_proj = nn.Linear(width, width, bias=False)
 
+    def _heads(self, t: torch.Tensor, count: int) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], count, -1).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor, attend: Attend,
+                    slot: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `x`'s tokens, with the cached ones of past tokens before them."""
+        k = apply_rotary(self._heads(self.k_proj(x), self.num_kv_heads), attend.cos, attend.sin)
+        v = self._heads(self.v_proj(x), self.num_kv_heads)
+        return attend.cache.update(slot, k, v) if attend.cache is not None else (k, v)
+
     def forward(self, x: torch.Tensor, attend: Attend, slot: tuple[int, int]) -> torch.Tensor:
         batch, seq, width = x.shape
-
-        def heads(t: torch.Tensor, count: int) -> torch.Tensor:
-            return t.view(batch, seq, count, -1).transpose(1, 2)
-
-        q = apply_rotary(heads(self.q_proj(x), self.num_heads), attend.cos, attend.sin)
-        k = apply_rotary(heads(self.k_proj(x), self.num_kv_heads), attend.cos, attend.sin)
-        v = heads(self.v_proj(x), self.num_kv_heads)
-        if attend.cache is not None:
-            k, v = attend.cache.update(slot, k, v)
+        q = apply_rotary(self._heads(self.q_proj(x), self.num_heads), attend.cos, attend.sin)
+        if attend.input_keys is not None:
+            k, v = attend.input_keys[slot[1]]
+        else:
+            k, v = self.keys_values(x, attend, slot)
         grouped = self.num_kv_heads != self.num_heads
         if attend.mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=grouped)
@@ -192,6 +202,12 @@ class RecursiveCore(nn.Module):
         for index, layer in enumerate(self.layers):
             out = layer(out, attend, (call, index))
         return out - x if self.norm is None else self.norm(out)
+
+    def input_keys(self, x: torch.Tensor,
+                   attend: Attend) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys/values of the block input (attention: input), cached in slot 0."""
+        return {index: layer.attn.keys_values(layer.attn_norm(x), attend, (0, index))
+                for index, layer in enumerate(self.layers)}
 
 
 class TRMBlock(nn.Module):
@@ -275,6 +291,8 @@ class TRMBlock(nn.Module):
         keys = cache.key_length(seq) if cache is not None else seq
         mask = attention_mask(key_padding, seq, past, hidden.device, keys)
         attend = Attend(cos, sin, mask, cache)
+        if self.config.attention == "input":  # before the no-grad cycles: k/v projections train
+            attend.input_keys = self.core.input_keys(x, attend)
         y, z = self.carry if self.carry is not None else start
         call = 0
         halted: torch.Tensor | None = None  # (B, S, 1) True = stopped (evaluation only)

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 CORE_INITS = ("random", "pretrained")
+# What f's attention reads keys and values from: every call's own states (the cache grows with
+# T*(n+1) per layer of f), or the block input x, once per forward (the cache holds one set per
+# layer of f, whatever T and n).
+ATTENTION_SOURCES = ("recurrent", "input")
 # Core widths a pretrained core takes from the base (null in params.yaml: "the base's").
 BASE_WIDTH_FIELDS = ("hidden_size", "num_heads", "num_kv_heads", "ffn_size")
 
@@ -37,6 +41,11 @@ class TRMConfig:
       projections zeroed; f returns what those layers add to the residual stream, `x = h`, `y`
       starts at `x`, and the output is `h + y`. Width fields may be null (the base's).
 
+    `attention: input` makes every call of f attend over keys and values computed once from the
+    block input x (per layer of f) instead of each call's own states: the recursion still
+    updates y and z through f's queries and MLP, but a decoding cache holds `num_layers` key/value
+    sets per block instead of `cycles * (latent_steps + 1) * num_layers`.
+
     `halting` adds TRM's halting head (one linear on y per block): trained to predict whether
     the next-token prediction is right, it stops a token's recursion at evaluation once its
     probability exceeds `halt_threshold` (TRM halts at logit 0, i.e. 0.5).
@@ -56,6 +65,7 @@ class TRMConfig:
     num_kv_heads: int | None = None  # key/value heads of f (grouped-query); None = num_heads
     halting: bool = False
     halt_threshold: float = 0.5
+    attention: str = "recurrent"
 
     def __post_init__(self) -> None:
         layers = self.injection_layers
@@ -96,6 +106,9 @@ class TRMConfig:
             raise ValueError(
                 f"share_across_layers must be a bool, got {self.share_across_layers!r}"
             )
+        if self.attention not in ATTENTION_SOURCES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_SOURCES)}, "
+                             f"got {self.attention!r}")
         if not isinstance(self.halting, bool):
             raise ValueError(f"halting must be a bool, got {self.halting!r}")
         threshold = self.halt_threshold
@@ -124,6 +137,12 @@ class TRMConfig:
     def grad_calls(self) -> int:
         """Calls of f per token per block that keep a graph for backward."""
         return self.grad_cycles * self.calls_per_cycle
+
+    @property
+    def cached_slots(self) -> int:
+        """Key/value sets a decoding cache keeps per token per block."""
+        calls = 1 if self.attention == "input" else self.total_calls
+        return calls * self.num_layers
 
     @property
     def kv_heads(self) -> int:

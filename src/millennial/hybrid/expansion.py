@@ -28,13 +28,18 @@ from millennial.hybrid.injection import find_decoder_layers
 
 WEIGHTS_FILE = "expansion.safetensors"
 CONFIG_FILE = "expansion_config.json"
-# What zeroing makes a copied block add nothing: its attention and MLP output projections.
-OUTPUT_PROJECTIONS = {
-    "llama": ("self_attn.o_proj", "mlp.down_proj"),
-    "mistral": ("self_attn.o_proj", "mlp.down_proj"),
-    "qwen2": ("self_attn.o_proj", "mlp.down_proj"),
-    "gpt2": ("attn.c_proj", "mlp.c_proj"),
-}
+# What zeroing makes a copied block add nothing: the modules (or expert weight tensors) that write
+# attention's and the MLP's results back to the residual stream, by name across families (LLaMA,
+# Qwen, Gemma, Phi-3, OLMo 2, Mixtral's experts: o_proj / down_proj; GPT-2, StarCoder2: c_proj;
+# GPT-NeoX, Falcon: dense / dense_4h_to_h). Post-norms of zero stay zero, so the copy is exact.
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h")
+
+
+def is_output_projection(name: str) -> bool:
+    """Is parameter `name` (a module's weight or bias, or an experts tensor) an output
+    projection?"""
+    parts = name.split(".")
+    return parts[-1] in OUTPUT_PROJECTIONS or (len(parts) > 1 and parts[-2] in OUTPUT_PROJECTIONS)
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,11 @@ def expand(model: PreTrainedModel, blocks: int) -> Expansion:
     if getattr(model, "expansion", None) is not None:
         raise ValueError(f"{type(model).__name__} is already expanded")
     owner, layers = find_decoder_layers(model)
-    model_type = model.config.model_type
+    outputs = [name for name, _ in layers[0].named_parameters() if is_output_projection(name)]
+    if not outputs:
+        raise ValueError(f"LLaMA Pro expansion cannot zero a copy of {type(layers[0]).__name__}: "
+                         f"none of its parameters is an output projection "
+                         f"({', '.join(OUTPUT_PROJECTIONS)})")
     hosts = expansion_hosts(len(layers), blocks)
     stacked: list[nn.Module] = []
     positions = []
@@ -86,9 +95,8 @@ def expand(model: PreTrainedModel, blocks: int) -> Expansion:
         stacked.append(layer)
         if index in hosts:
             twin = copy.deepcopy(layer)
-            for name in OUTPUT_PROJECTIONS[model_type]:
-                for parameter in twin.get_submodule(name).parameters():
-                    parameter.zero_()
+            for name in outputs:
+                twin.get_parameter(name).zero_()
             positions.append(len(stacked))
             stacked.append(twin)
     attribute = next(name for name, child in owner.named_children() if child is layers)

@@ -29,8 +29,22 @@ from transformers.cache_utils import (
 from millennial.hybrid.block import RANDOM_CORE_NORM_EPS, CoreLayer, HaltStats, TRMBlock
 from millennial.hybrid.config import BaseDims, TRMConfig
 
-# Families whose decoder stacks, position ids and caches the tests exercise.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+# Families whose injection contract the tests check on tiny random configs (identity at init,
+# causality, left padding, every decoding mode, save/load, exact parameter count). Injection
+# itself is generic: any decoder-only causal LM with one stack of decoder layers works.
+TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "olmo2", "granite",
+                      "gpt_neox", "falcon", "starcoder2", "mixtral", "qwen2_moe", "gpt2")
+# Families that cannot work, and why: their layers carry recurrent state, not attention keys.
+UNSUPPORTED_MODEL_TYPES = {
+    name: "a state-space / recurrent model: its cache holds recurrent states, and the TRM's "
+          "keys and values cannot be kept beside them"
+    for name in ("mamba", "mamba2", "falcon_mamba", "rwkv", "recurrent_gemma", "xlstm")
+} | {
+    name: "a hybrid of attention and linear-attention/state-space layers, whose cache layers "
+          "the TRM's cannot be appended to"
+    for name in ("jamba", "zamba", "zamba2", "bamba", "granitemoehybrid", "lfm2", "qwen3_next",
+                 "falcon_h1", "nemotron_h")
+}
 # Families whose decoder layers a pretrained core copies exactly (RMSNorm, rotary attention
 # without biases, SwiGLU): qwen2 has q/k/v biases and gpt2 LayerNorm and a GELU MLP.
 PRETRAINED_CORE_MODEL_TYPES = ("llama", "mistral")
@@ -111,11 +125,14 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     name = type(model).__name__
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if not isinstance(model, PreTrainedModel) or model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"TRM injection does not support {name} (model_type={model_type!r}); "
-            f"supported families: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(f"TRM injection needs a transformers PreTrainedModel, got {name}")
+    if model_type in UNSUPPORTED_MODEL_TYPES:
+        raise ValueError(f"TRM injection cannot support {name} (model_type={model_type!r}): "
+                         f"{UNSUPPORTED_MODEL_TYPES[model_type]}")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"TRM injection needs a decoder-only causal LM; {name} "
+                         f"(model_type={model_type!r}) is an encoder-decoder")
     if model.get_output_embeddings() is None:
         raise ValueError(f"TRM injection needs a causal LM with an LM head; {name} has none")
     depth = config.get_text_config().num_hidden_layers

@@ -35,11 +35,11 @@ from millennial.hybrid import (
     trm_parameter_count,
 )
 from millennial.hybrid.expansion import (
-    OUTPUT_PROJECTIONS,
     block_parameter_count,
     expand,
     expansion_named_parameters,
     freeze_all_but_expansion,
+    is_output_projection,
     matched_block_count,
     save_expansion,
 )
@@ -367,9 +367,7 @@ def run_llama_pro(
     except ValueError as err:
         raise ParamsError(f"params.yaml: 'llama_pro.blocks': {err}") from err
     trainable = freeze_all_but_expansion(model)
-    outputs = tuple(f".{name}." for name in OUTPUT_PROJECTIONS[model.config.model_type])
-    groups = split_by_init(expansion_named_parameters(model),
-                           lambda n: any(fragment in n for fragment in outputs), settings.lr,
+    groups = split_by_init(expansion_named_parameters(model), is_output_projection, settings.lr,
                            settings.out_lr_multiplier, "blocks")
     identity = {"arm": "llama_pro", "base": provenance["state_sha256"], "hosts": expansion.hosts,
                 "llama_pro": asdict(settings)}
