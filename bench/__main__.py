@@ -32,11 +32,24 @@ def machine_header() -> str:
     ])
 
 
-def main() -> int:
+def main(only: list[str] | None = None) -> int:
+    """Run every benchmark (or those named in `only`, replacing just their sections of an
+    existing RESULTS.md) and write the results."""
+    results = BENCH_DIR / "RESULTS.md"
+    kept: list[str] = []  # with `only`: the other sections as they are ("## <title>" each)
+    if only and results.exists():
+        kept = ["## " + text for text in results.read_text(encoding="utf-8").split("\n\n## ")[1:]]
     sections = [machine_header()]
     failed = []
-    for module_info in sorted(pkgutil.iter_modules([str(BENCH_DIR)]), key=lambda m: m.name):
+    modules = sorted(pkgutil.iter_modules([str(BENCH_DIR)]), key=lambda m: m.name)
+    unknown = sorted(set(only or ()) - {m.name for m in modules})
+    if unknown:
+        print(f"bench: no benchmark named {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    for module_info in modules:
         if module_info.name.startswith("_"):
+            continue
+        if only and module_info.name not in only:
             continue
         print(f"bench: running {module_info.name}", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{module_info.name}")
@@ -45,10 +58,16 @@ def main() -> int:
         except RuntimeError as err:  # a failed measurement is reported, never hidden
             failed.append(module_info.name)
             sections.append(f"## {module_info.name}\n\nMEASUREMENT FAILED: {err}")
-    write_text(BENCH_DIR / "RESULTS.md", "\n\n".join(sections) + "\n")
+    if only:  # the fresh sections replace the ones with the same title, the rest stay
+        fresh = {section.split("\n", 1)[0]: section for section in sections[1:]}
+        merged = [fresh.pop(text.split("\n", 1)[0], text.rstrip("\n")) for text in kept]
+        today = datetime.date.today().isoformat()
+        header = f"{sections[0]}\n\nRerun on {today} (the machine above): {', '.join(only)}."
+        sections = [header, *merged, *fresh.values()]
+    write_text(results, "\n\n".join(sections) + "\n")
     print(f"bench: wrote {BENCH_DIR / 'RESULTS.md'}", file=sys.stderr)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:] or None))
