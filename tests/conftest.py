@@ -24,6 +24,8 @@ for _key, _value in {**OFFLINE_ENV, **GIT_IDENTITY}.items():
 # Imports after the environment is set, so no library reads it too early.
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -62,6 +64,26 @@ def tiny_causal_lm(architecture: str = "llama", seed: int = 0, vocab: int = 97) 
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def counted_flops_per_token(model: torch.nn.Module, train: bool,
+                            loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+                            ) -> float:
+    """FLOPs per token of one forward (train: and backward of `loss(model, ids)`) on a (2, 16)
+    batch, counted by FlopCounterMode with attention as countable matmuls (math SDPA)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.randint(1, 97, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            if train:
+                loss(model, ids).backward()
+            else:
+                with torch.no_grad():
+                    model(ids)
+    return counter.get_total_flops() / ids.numel()
 
 
 def run_command(args: list[str], cwd: Path, timeout: float = 600

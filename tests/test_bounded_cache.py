@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import perturb_trm, tiny_causal_lm
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from conftest import counted_flops_per_token, perturb_trm, tiny_causal_lm
 
 from millennial.cost.planner import (
     Trainable,
@@ -81,19 +79,6 @@ def test_the_input_keys_train(tmp_path) -> None:
     assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
 
 
-def _flops(model, train: bool) -> float:
-    ids = torch.randint(1, 97, (2, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            if train:
-                model(input_ids=ids, labels=ids).loss.backward()
-            else:
-                with torch.no_grad():
-                    model(ids)
-    return counter.get_total_flops() / ids.numel()
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_planner_flops_match_the_modules(train: bool) -> None:
     model = hybrid()
@@ -102,7 +87,8 @@ def test_planner_flops_match_the_modules(train: bool) -> None:
     shape = model_shape(model.config)
     planned = (training_flops_per_token(shape, 16, Trainable.for_phase("phase1", INPUT)).executed
                if train else forward_flops_per_token(shape, 16, INPUT).model)
-    assert planned == pytest.approx(_flops(model, train), rel=0.02)
+    measured = counted_flops_per_token(model, train, lambda m, ids: m(ids, labels=ids).loss)
+    assert planned == pytest.approx(measured, rel=0.02)
 
 
 def test_planner_kv_bytes_count_the_slots_and_the_70b_profile_stays_within_2x() -> None:

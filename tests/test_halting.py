@@ -1,15 +1,12 @@
 """TRM's halting head: identity at init, early stop at evaluation, exact caching, its loss,
 its parameters and its FLOPs."""
 
-import warnings
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import perturb_trm, tiny_causal_lm
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from conftest import counted_flops_per_token, perturb_trm, tiny_causal_lm
 
 from millennial.cost.planner import (
     Trainable,
@@ -183,26 +180,15 @@ def test_training_trains_the_head_and_the_loop_adds_its_loss() -> None:
         assert block.halt.weight.grad is not None and block.halt.weight.grad.abs().sum() > 0
 
 
-def _flops(model, train: bool) -> float:
-    ids = torch.randint(1, 97, (2, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            if train:
-                weighted_loss(model, ids, torch.ones_like(ids, dtype=torch.float)).backward()
-            else:
-                with torch.no_grad():
-                    model(ids)
-    return counter.get_total_flops() / ids.numel()
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_planner_counts_the_head_flops_exactly(train: bool) -> None:
     measured = {}
     for halting in (False, True):
         model = halting_hybrid(config=replace(HALTING, halting=halting))
         freeze_base(model)
-        measured[halting] = _flops(model.train(train), train)
+        measured[halting] = counted_flops_per_token(
+            model.train(train), train,
+            lambda m, ids: weighted_loss(m, ids, torch.ones_like(ids, dtype=torch.float)))
     shape = model_shape(model.config)
     if train:
         planned = {h: training_flops_per_token(shape, 16, Trainable.for_phase(
