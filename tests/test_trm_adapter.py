@@ -87,9 +87,16 @@ def test_adapter_names_its_base_by_the_hash_in_the_base_provenance(tmp_path) -> 
     assert meta["base"]["weights_sha256_by_dtype"] == provenance["state_sha256_by_dtype"]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_an_fp32_adapter_serves_on_the_same_base_in_half_precision(tmp_path, architecture: str,
-                                                                   dtype: torch.dtype) -> None:
+def test_an_fp32_adapter_serves_on_the_same_base_in_bfloat16(tmp_path, architecture: str) -> None:
+    check_half_precision_serving(tmp_path, architecture, torch.bfloat16)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral", "falcon"])
+def test_an_fp32_adapter_serves_on_the_same_base_in_float16(tmp_path, family: str) -> None:
+    check_half_precision_serving(tmp_path, family, torch.float16)
+
+
+def check_half_precision_serving(tmp_path, architecture: str, dtype: torch.dtype) -> None:
     from transformers import AutoModelForCausalLM
 
     model = trained_hybrid(architecture)

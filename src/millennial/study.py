@@ -461,7 +461,7 @@ def render(study: Study, points: Sequence[Point], missing: Sequence[str], figure
     best = best_per_arm(points)
     lines = [*goal(best, params, comparisons), *verdict(best), "", f"# {study.title}", "",
              study.question, "",
-             f"{len(points)} of {len(study.variants)} variants finished"
+             f"{len({p.variant for p in points})} of {len(study.variants)} variants finished"
              + (f"; missing: {', '.join(missing)}." if missing else "."),
              "Each arm's best variant is the one with the lowest held-out **validation** task loss "
              "(selection never looks at the test split). Exact match carries 95% Wilson "
