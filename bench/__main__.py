@@ -37,9 +37,11 @@ def main(only: list[str] | None = None) -> int:
     existing RESULTS.md) and write the results."""
     results = BENCH_DIR / "RESULTS.md"
     kept: list[str] = []  # with `only`: the other sections as they are ("## <title>" each)
-    if only and results.exists():
-        kept = ["## " + text for text in results.read_text(encoding="utf-8").split("\n\n## ")[1:]]
     sections = [machine_header()]
+    if only and results.exists():
+        previous = results.read_text(encoding="utf-8").split("\n\n## ")
+        sections[0] = previous[0].split("\n\nRerun on ")[0]  # the machine the rest ran on
+        kept = ["## " + text for text in previous[1:]]
     failed = []
     modules = sorted(pkgutil.iter_modules([str(BENCH_DIR)]), key=lambda m: m.name)
     unknown = sorted(set(only or ()) - {m.name for m in modules})
@@ -62,7 +64,8 @@ def main(only: list[str] | None = None) -> int:
         fresh = {section.split("\n", 1)[0]: section for section in sections[1:]}
         merged = [fresh.pop(text.split("\n", 1)[0], text.rstrip("\n")) for text in kept]
         today = datetime.date.today().isoformat()
-        header = f"{sections[0]}\n\nRerun on {today} (the machine above): {', '.join(only)}."
+        header = (f"{sections[0]}\n\nRerun on {today} ({platform.machine()}, "
+                  f"{os.cpu_count()} cores, torch {torch.__version__}): {', '.join(only)}.")
         sections = [header, *merged, *fresh.values()]
     write_text(results, "\n\n".join(sections) + "\n")
     print(f"bench: wrote {BENCH_DIR / 'RESULTS.md'}", file=sys.stderr)
