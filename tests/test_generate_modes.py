@@ -127,3 +127,61 @@ def test_a_quantized_cache_is_refused_before_any_token() -> None:
     cache.layers[0] = Quantized()
     with pytest.raises(ValueError, match="quantized KV cache"):
         TRMCache(cache, trm_blocks(model)[0], model.config.num_hidden_layers).key_length(1)
+
+
+# Modes the hybrid cannot serve exactly, each with the phrase its refusal names.
+REFUSED = {
+    "contrastive-search": ({"penalty_alpha": 0.6, "top_k": 4}, "contrastive search"),
+    "dola": ({"dola_layers": "high"}, "dola generation"),
+    "group-beam": ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 1.0},
+                   "group beam search"),
+    "constrained-beam": ({"num_beams": 3, "force_words_ids": [[5]]}, "constrained beam search"),
+    "custom-generate": ({"custom_generate": "someone/decoder", "trust_remote_code": True},
+                        "custom_generate"),
+    "offloaded-cache": ({"cache_implementation": "offloaded"}, "offloading"),
+    "offloaded-static-cache": ({"cache_implementation": "offloaded_static"}, "offloading"),
+    "paged-cache": ({"cache_implementation": "paged"}, "continuous batching"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REFUSED))
+def test_an_unverified_mode_is_refused_before_any_token(mode: str) -> None:
+    options, reason = REFUSED[mode]
+    model = hybrid("llama")
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=reason):
+        generate(model, PROMPTS, True, **options)
+    assert calls == []  # refused before the first forward
+
+
+def test_a_mode_set_in_the_generation_config_is_refused_too() -> None:
+    model = hybrid("llama")
+    model.generation_config.cache_implementation = "offloaded"
+    with pytest.raises(ValueError, match="offloading"):
+        generate(model, PROMPTS, True)
+
+
+def test_a_user_built_offloading_cache_is_refused() -> None:
+    model = hybrid("llama")
+    cache = DynamicCache(config=model.config)
+    cache.offloading = True  # what DynamicCache(offloading=True) sets (it needs a GPU stream)
+    with pytest.raises(ValueError, match="offloading cache"):
+        model(PROMPTS, past_key_values=cache, use_cache=True)
+
+
+def test_continuous_batching_fails_its_requests_with_the_reason() -> None:
+    model = hybrid("llama")
+    outputs = model.generate_batch(inputs=[[5, 9, 11, 3]],
+                                   generation_config=model.generation_config)
+    assert outputs["req_0"].generated_tokens == []
+    assert "packed sequences" in outputs["req_0"].error
+
+
+def test_remove_trm_restores_the_bases_generate() -> None:
+    from millennial.hybrid import remove_trm
+
+    model = remove_trm(hybrid("llama"))
+    assert "generate" not in vars(model)
+    with pytest.raises(ValueError, match="trust_remote_code"):  # transformers' own answer
+        generate(model, PROMPTS, True, penalty_alpha=0.6, top_k=4)

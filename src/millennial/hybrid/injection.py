@@ -7,6 +7,7 @@ untouched, so `generate`, `save_pretrained`, gradient checkpointing and device m
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from transformers.cache_utils import (
     DynamicLayer,
     StaticLayer,
 )
+from transformers.generation.configuration_utils import GenerationMode
 
 from millennial.hybrid.block import RANDOM_CORE_NORM_EPS, CoreLayer, HaltStats, TRMBlock
 from millennial.hybrid.config import BaseDims, TRMConfig
@@ -49,6 +51,21 @@ UNSUPPORTED_MODEL_TYPES = {
 # without biases, SwiGLU): qwen2 has q/k/v biases and gpt2 LayerNorm and a GELU MLP.
 PRETRAINED_CORE_MODEL_TYPES = ("llama", "mistral")
 _CACHE_ATTRIBUTE = "millennial_trm"  # block -> {slot: index of its layer in the HF cache}
+# Decoding modes whose cached output the tests check token for token against uncached decoding.
+# The others (contrastive search, DoLa, group and constrained beam search) are Hub
+# `custom_generate` code in transformers 5 and are refused, as is any custom_generate.
+VERIFIED_GENERATION_MODES = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE,
+                             GenerationMode.BEAM_SEARCH, GenerationMode.BEAM_SAMPLE,
+                             GenerationMode.ASSISTED_GENERATION)
+# Cache implementations that cannot hold the TRM's keys exactly: offloading prefetches the
+# cache's layers in a ring that would run through the TRM's, and paged attention (continuous
+# batching) packs sequences into one row, which the TRM's attention would read across.
+REFUSED_CACHE_IMPLEMENTATIONS = {
+    "paged": "continuous batching packs the batch's sequences into one row and keeps keys in a "
+             "paged cache the TRM blocks cannot see",
+    "offloaded": "offloading prefetches the cache's layers in a ring that the TRM's layers "
+                 "would break",
+}
 
 
 @dataclass
@@ -219,6 +236,7 @@ def inject(model: PreTrainedModel, config: TRMConfig) -> PreTrainedModel:
             partial(_run_block, block, stack_inputs, len(layers)), with_kwargs=True))
     model.trm_config = config
     model.trm_hooks = handles
+    model.generate = partial(_checked_generate, model, model.generate)
     return model
 
 
@@ -233,8 +251,34 @@ def remove_trm(model: PreTrainedModel) -> PreTrainedModel:
     for layer in layers:
         if isinstance(getattr(layer, "trm", None), TRMBlock):
             del layer.trm
-    del model.trm_config, model.trm_hooks
+    del model.trm_config, model.trm_hooks, model.generate
     return model
+
+
+def _checked_generate(model: PreTrainedModel, generate: Any, *args: Any, **kwargs: Any) -> Any:
+    """`generate`, after refusing a mode the hybrid's cache cannot serve exactly."""
+    refuse_unverified_generation(model, kwargs)
+    return generate(*args, **kwargs)
+
+
+def refuse_unverified_generation(model: PreTrainedModel, kwargs: dict[str, Any]) -> None:
+    """Raise before any token when `generate(**kwargs)` asks for a mode that is not exact on a
+    TRM hybrid (see VERIFIED_GENERATION_MODES and REFUSED_CACHE_IMPLEMENTATIONS)."""
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("custom_generate runs decoding code outside what the TRM hybrid is "
+                         "tested against (cached output equal to uncached): it is refused")
+    config = copy.deepcopy(kwargs.get("generation_config") or model.generation_config)
+    config.update(**{k: v for k, v in kwargs.items() if k != "generation_config"})
+    implementation = str(config.cache_implementation or "")
+    for refused, reason in REFUSED_CACHE_IMPLEMENTATIONS.items():
+        if implementation.startswith(refused):
+            raise ValueError(f"cache_implementation={implementation!r} is refused on a TRM "
+                             f"hybrid: {reason}; use 'dynamic' or 'static'")
+    mode = config.get_generation_mode(kwargs.get("assistant_model"))
+    if mode not in VERIFIED_GENERATION_MODES:
+        raise ValueError(f"{mode.value.replace('_', ' ')} is not verified on a TRM hybrid (its "
+                         "cached output is not tested equal to uncached) and is refused; use "
+                         "greedy, sampling, beam search or assisted decoding")
 
 
 @torch.no_grad()
@@ -271,6 +315,13 @@ def _capture_stack_inputs(
     kwargs: dict[str, Any],
 ) -> None:
     bound = signature.bind_partial(*args, **kwargs).arguments
+    if kwargs.get("cu_seq_lens_q") is not None:
+        raise ValueError("packed sequences (cu_seq_lens_q: continuous batching, or a flattening "
+                         "collator) are refused on a TRM hybrid: its blocks would attend across "
+                         "the sequences packed in one row; pass a padded batch")
+    if getattr(bound.get("past_key_values"), "offloading", False):
+        raise ValueError(f"an offloading cache is refused on a TRM hybrid: "
+                         f"{REFUSED_CACHE_IMPLEMENTATIONS['offloaded']}")
     stack_inputs.attention_mask = bound.get("attention_mask")
 
 
