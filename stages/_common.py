@@ -12,11 +12,11 @@ from typing import Any
 
 from millennial.atomic import write_json
 from millennial.cost.meter import Meter
+from millennial.errors import USER_ERRORS
 from millennial.hybrid import TRMConfig
 from millennial.params import ParamsError, load_params, section
+from millennial.receipt import RECEIPT
 from millennial.train.arms import Paths
-
-UserError = (ParamsError, FileNotFoundError)  # the user's to fix: a message, not a traceback
 
 
 def run_stage(
@@ -38,7 +38,7 @@ def run_stage(
             if meter is not None:
                 meter.add(tokens=metrics.get("tokens_this_run", 0),
                           flops=metrics.get("flops", 0.0))
-    except UserError as err:
+    except USER_ERRORS as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 2
     if main_process:
@@ -59,4 +59,4 @@ def training_paths(stage: str, out: str) -> Paths:
     curated = Path("data/curated")
     return Paths(base=Path("models/base"), train_data=curated / "packed/train.parquet",
                  documents=curated / "documents", out=Path(out), run=Path("runs") / stage,
-                 live=Path("dvclive") / stage)
+                 live=Path("dvclive") / stage, receipt=RECEIPT)

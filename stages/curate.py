@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter
-from millennial.data import DataError
 from millennial.data.curate import curate_from_params
-from millennial.params import ParamsError
+from millennial.errors import USER_ERRORS
 
 STAGE = "curate"
 
@@ -29,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir) as meter:
             result = curate_from_params(args.params, args.out, args.metrics, args.card)
             meter.add(tokens=result.metrics["tokens"]["total"])
-    except (ParamsError, DataError) as err:  # a user's fix, not a bug: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
     splits = result.manifest["splits"]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter
-from millennial.data import DataError
+from millennial.errors import USER_ERRORS
 from millennial.evaluate import EvalConfig, compare, read_arms, sweep_rows
 from millennial.evaluate.arms import training_record
 from millennial.evaluate.report import (
@@ -26,7 +26,7 @@ from millennial.evaluate.report import (
     write_eval_outputs,
 )
 from millennial.lineage import LineageError, lineage, render_markdown
-from millennial.params import ParamsError, load_params, section
+from millennial.params import load_params, section
 
 STAGE = "evaluate"
 SUMMARIES = Path("metrics/eval")
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = compare(evaluations, training, config.seed)
             write_eval_outputs(result, sweep_rows(evaluations), provenance, OUTPUTS,
                                phase1_lineage())
-    except (ParamsError, DataError, FileNotFoundError) as err:  # a user's fix: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2
     print("\n".join(verdict(result)), file=sys.stderr)

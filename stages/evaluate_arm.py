@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter, write_skipped
-from millennial.data import DataError
+from millennial.errors import USER_ERRORS
 from millennial.evaluate import EvalConfig, EvalPaths, evaluate_arm, write_arm
 from millennial.evaluate.arms import ARMS, ArmPaths, phase2_trained
-from millennial.params import ParamsError, load_params, section
+from millennial.params import load_params, section
 
 PATHS = EvalPaths(
     arms=ArmPaths(base=Path("models/base"), phase1=Path("models/phase1"),
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       add_work=lambda t, f: meter.add(tokens=t, flops=f))
             write_arm(evaluation, args.arm, SUMMARIES / f"{args.arm}.json",
                       EXAMPLES / f"{args.arm}.parquet")
-    except (ParamsError, DataError, FileNotFoundError) as err:  # a user's fix: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 2
     return 0

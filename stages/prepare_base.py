@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from millennial.base import BaseSourceError, prepare_base_from_params
+from millennial.base import prepare_base_from_params
 from millennial.cost.meter import Meter
-from millennial.params import ParamsError
+from millennial.errors import USER_ERRORS
 
 STAGE = "prepare_base"
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
             prepare_base_from_params(args.params, args.out)
-    except (ParamsError, BaseSourceError) as err:  # a user's fix, not a bug: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"prepare_base: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from millennial.atomic import write_text
 from millennial.cost.report import write_cost_report
+from millennial.errors import USER_ERRORS
 from millennial.evaluate import EvalConfig
 from millennial.evaluate.report import demote_headings, read_provenance, render_summary
-from millennial.lineage import LineageError, lineage, render_markdown
-from millennial.params import ParamsError, load_params, section
+from millennial.lineage import lineage, render_markdown
+from millennial.params import load_params, section
 
 STAGE = "report"
 LINEAGE_OF = "models/phase1"
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost = json.loads(Path("metrics/cost.json").read_text(encoding="utf-8"))
         write_text(Path("reports/summary.md"),
                    render_summary(result, cost, provenance, lineage_markdown))
-    except (ParamsError, FileNotFoundError, LineageError) as err:  # a user's fix: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.audit import write_seed_audit
 from millennial.cost.meter import Meter
+from millennial.errors import USER_ERRORS
 
 STAGE = "seed_audit"
 
@@ -17,8 +19,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, default=Path("reports/seed_audit.md"))
     args = parser.parse_args(argv)
-    with Meter(STAGE, params_path=args.params):
-        write_seed_audit(args.out)
+    try:
+        with Meter(STAGE, params_path=args.params):
+            write_seed_audit(args.out)
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
+        print(f"{STAGE}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

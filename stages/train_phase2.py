@@ -15,7 +15,8 @@ from typing import Any
 
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
-from millennial.params import ParamsError, load_params, section
+from millennial.errors import USER_ERRORS
+from millennial.params import load_params, section
 from millennial.train.arms import run_phase2
 from millennial.train.config import TrainConfig
 from millennial.train.settings import Phase2Config
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(known.params)
         enabled = Phase2Config.from_params(params.get("phase2")).enabled
-    except ParamsError as err:
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2
     if not enabled:

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter
-from millennial.data import DataError
-from millennial.params import ParamsError
+from millennial.errors import USER_ERRORS
 from millennial.validate import validate_from_params
 
 STAGE = "validate"
@@ -23,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--documents", type=Path, default=Path("data/curated/documents"))
+    parser.add_argument("--packed", type=Path, default=Path("data/curated/packed"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/validation.json"))
     parser.add_argument("--receipt", type=Path, default=Path("data/validated/receipt.json"))
     parser.add_argument("--docs", type=Path, default=Path("reports/data_docs"))
@@ -30,9 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
-            report = validate_from_params(args.params, args.documents, args.metrics,
+            report = validate_from_params(args.params, args.documents, args.packed, args.metrics,
                                           args.receipt, args.docs)
-    except (ParamsError, DataError) as err:  # a user's fix, not a bug: no traceback
+    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"validate: error: {err}", file=sys.stderr)
         return 2
     print(report.summary(), file=sys.stderr)

@@ -81,7 +81,8 @@ def curated(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Pa
     ])
     sources = [
         LEE,
-        {"name": "extra", "kind": "jsonl", "paths": str(extra), "text_field": "text"},
+        {"name": "extra", "kind": "jsonl", "untracked": True,
+         "paths": str(extra), "text_field": "text"},
         {"name": "chase", "kind": "generator", "task": "pointer_chase", "count": 200,
          "difficulty": [1, 3], "ood_count": 30, "ood_difficulty": [5, 6]},
         {"name": "sum", "kind": "generator", "task": "addition", "count": 100,
@@ -242,7 +243,8 @@ def test_rerun_is_byte_identical(curated: Path, tmp_path: Path) -> None:
 
 def test_near_duplicates_share_a_split(tmp_path: Path, tokenizer_dir: Path) -> None:
     variants = write_jsonl(tmp_path / "v.jsonl", [{"text": near_variant(i)} for i in range(30)])
-    raw = params(tokenizer_dir, [{"name": "v", "kind": "jsonl", "paths": str(variants),
+    raw = params(tokenizer_dir, [{"name": "v", "kind": "jsonl", "untracked": True,
+                                  "paths": str(variants),
                                   "text_field": "text"}],
                  split={"train": 0.34, "val": 0.33, "test": 0.33})
     raw["minhash"]["near_duplicates"] = "same_split"
@@ -254,7 +256,8 @@ def test_near_duplicates_share_a_split(tmp_path: Path, tokenizer_dir: Path) -> N
 def test_skip_mode_counts_and_reports_bad_lines(tmp_path: Path, tokenizer_dir: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"text": PROSE}) + "\n{oops\n")
-    raw = params(tokenizer_dir, [{"name": "a", "kind": "jsonl", "paths": str(path),
+    raw = params(tokenizer_dir, [{"name": "a", "kind": "jsonl", "untracked": True,
+                                  "paths": str(path),
                                   "text_field": "text"}], on_error="skip")
     result = run(tmp_path, raw)
     assert result.metrics["drops"]["by_source"]["a"] == {"malformed_json": 1}
@@ -265,7 +268,8 @@ def test_skip_mode_counts_and_reports_bad_lines(tmp_path: Path, tokenizer_dir: P
 def _jsonl_bytes(data: bytes) -> Callable[[Path], dict[str, Any]]:
     def setup(tmp_path: Path) -> dict[str, Any]:
         (tmp_path / "in.jsonl").write_bytes(data)
-        return {"name": "bad", "kind": "jsonl", "paths": str(tmp_path / "in.jsonl"),
+        return {"name": "bad", "kind": "jsonl", "untracked": True,
+                "paths": str(tmp_path / "in.jsonl"),
                 "text_field": "text"}
     return setup
 
@@ -282,7 +286,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
     "binary_file": (_jsonl_bytes(b"PK\x03\x04\x14\x00\x00\x00"),
                     r"in\.jsonl: binary file \(NUL byte at byte offset 5\)"),
     "missing_file": (lambda tmp: {"name": "bad", "kind": "jsonl", "text_field": "text",
-                                  "paths": str(tmp / "gone.jsonl")},
+                                  "untracked": True,
+"paths": str(tmp / "gone.jsonl")},
                      r"source 'bad': file not found: .*gone\.jsonl"),
     "nothing_left": (_jsonl_bytes(b'{"text": "tiny"}\n{"text": "also tiny"}\n'),
                      r"source 'bad': nothing left after filtering and dedup \(read 2; "

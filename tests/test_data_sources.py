@@ -12,6 +12,7 @@ import pytest
 
 from millennial.data import DataError, Record
 from millennial.data.sources import (
+    FILE_KINDS,
     ErrorPolicy,
     GeneratorSource,
     parse_source,
@@ -24,13 +25,17 @@ LEE = {"name": "news", "kind": "package", "package": "gensim",
 
 
 def read(spec: dict[str, Any], on_error: str = "fail") -> tuple[list[Record], ErrorPolicy]:
+    """Read a spec; local files here sit in tmp_path, outside data/sources/: untracked."""
     policy = ErrorPolicy(on_error)
+    if spec.get("kind") in FILE_KINDS:
+        spec = {"untracked": True, **spec}
     return list(read_source(parse_source(spec, "curate.sources[0]"), 0, policy)), policy
 
 
 def jsonl(path: Path, lines: list[str]) -> dict[str, Any]:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"name": "j", "kind": "jsonl", "paths": str(path), "text_field": "text"}
+    return {"name": "j", "kind": "jsonl", "paths": str(path), "text_field": "text",
+            "untracked": True}
 
 
 def test_jsonl_text_and_task(tmp_path: Path) -> None:
@@ -197,3 +202,31 @@ def test_generator_spec_without_ood() -> None:
                          "difficulty": [1, 2]}, "s")
     assert spec == GeneratorSource("g", "addition", 3, (1, 2), 0, None)
     assert json.dumps(spec.difficulty) == "[1, 2]"
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../" * 40 + "etc/os-release",
+                                  "data/sources/../../outside.txt", "data/sources/link.txt"])
+def test_a_local_source_outside_data_sources_is_refused(
+        path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = tmp_path / "a" / "b" / "c" / "d"
+    (workspace / "data/sources").mkdir(parents=True)
+    (workspace / "outside.txt").write_text("not tracked\n")
+    (workspace / "data/sources/link.txt").symlink_to(workspace / "outside.txt")
+    monkeypatch.chdir(workspace)
+    spec = parse_source({"name": "t", "kind": "text", "paths": path}, "curate.sources[0]")
+    with pytest.raises(DataError, match=r"source 't': .* is outside data/sources/.*untracked"):
+        list(read_source(spec, 0, ErrorPolicy("fail")))
+
+
+def test_a_local_source_in_data_sources_or_marked_untracked_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data/sources").mkdir(parents=True)
+    (tmp_path / "data/sources/a.txt").write_text("tracked text\n")
+    (tmp_path / "b.txt").write_text("untracked text\n")
+    monkeypatch.chdir(tmp_path)
+    tracked = parse_source({"name": "t", "kind": "text", "paths": "data/sources/*.txt"}, "s")
+    assert [r.text for r in read_source(tracked, 0, ErrorPolicy("fail"))] == ["tracked text\n"]
+    loose = parse_source({"name": "u", "kind": "text", "paths": "b.txt", "untracked": True}, "s")
+    assert [r.text for r in read_source(loose, 0, ErrorPolicy("fail"))] == ["untracked text\n"]
+    with pytest.raises(ParamsError, match=r"'s.untracked' must be true or false"):
+        parse_source({"name": "u", "kind": "text", "paths": "b.txt", "untracked": "yes"}, "s")

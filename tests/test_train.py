@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +27,7 @@ from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
 from millennial.heldout import as_record
 from millennial.hybrid import TRMConfig, load_trm
+from millennial.receipt import RECEIPT, tree_sha256, write_receipt
 from millennial.train.arms import (
     Paths,
     load_base,
@@ -32,6 +35,16 @@ from millennial.train.arms import (
     run_lora,
     run_phase1,
     run_phase2,
+)
+from millennial.train.checkpoint import (
+    CheckpointError,
+    Progress,
+    RunDirBusy,
+    load_latest,
+    lock_run_dir,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from millennial.train.config import TrainConfig
 from millennial.train.data import global_batch_indices, micro_batches
@@ -87,6 +100,8 @@ def write_curated(root: Path, tokenizer_dir: Path) -> None:
     pq.write_table(pa.Table.from_pylist(
         [{"input_ids": b.ids, "loss_mask": b.mask, "loss_weight": b.weights} for b in blocks],
         schema=PACKED_SCHEMA), curated / "packed/train.parquet")
+    # This test data stands where validated data would: a receipt for exactly these bytes.
+    write_receipt(root / RECEIPT, tree_sha256(curated / "documents"), curated / "packed", 0)
 
 
 def make_workspace(root: Path) -> Path:
@@ -149,6 +164,20 @@ def _stage(root: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def test_the_stage_refuses_data_changed_after_validation(tmp_path: Path, workspace: Path) -> None:
+    root = _stage_workspace(tmp_path / "tampered", workspace, {"max_steps": 1})
+    os.unlink(root / "data")
+    shutil.copytree(workspace / "data", root / "data")
+    packed = root / "data/curated/packed/train.parquet"
+    table = pq.read_table(packed)
+    pq.write_table(table.slice(0, table.num_rows // 2), packed)
+    process = _stage(root)
+    output = process.communicate()[0]
+    assert process.returncode == 2
+    assert "receipt.json: 'packed_sha256' does not match data/curated/packed" in output
+    assert "Traceback" not in output and not (root / "runs").exists()
+
+
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path, workspace: Path) -> None:
     settings = {"max_steps": 12, "checkpoint_every": 3, "keep_checkpoints": 2}
     straight = _stage_workspace(tmp_path / "straight", workspace, settings)
@@ -205,18 +234,70 @@ def test_changed_params_train_afresh_instead_of_resuming(workspace: Path) -> Non
     assert deeper["resumed_from_step"] == 0 and deeper["steps"] == 2
 
 
-def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, workspace: Path) -> None:
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path, workspace: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     target = replace(paths(workspace, "nonfinite"), run=tmp_path / "run", out=tmp_path / "out")
     run_phase1(target, TRM, PHASE1, replace(TRAIN, max_steps=2, checkpoint_every=1))
     saved = (target.out / "trm.safetensors").read_bytes()
-    # Warmup gives step 0 a zero learning rate; step 1's absurd one overflows the TRM weights,
+    # Warmup gives step 0 a zero learning rate; step 1's absurd one makes the TRM weights huge,
     # so step 2's forward pass is no longer finite, as a diverging run's would be.
     diverging = replace(TRAIN, max_steps=4, warmup_steps=2, checkpoint_every=1)
     with pytest.raises(NonFiniteError, match="step 2: loss is nan; last good checkpoint kept"):
         run_phase1(target, TRM, Phase1Settings(lr=1e38), diverging)
     assert [p.name for p in sorted(target.run.glob("checkpoints/step-*"))] == [
         "step-000001", "step-000002"]
+    # An update that leaves a weight non-finite (injected: the optimizer's step at step 1
+    # writes an inf) is caught right after it, so no checkpoint ever holds it.
+    step = torch.optim.AdamW.step
+
+    def overflowing(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        if self.state and next(iter(self.state.values()))["step"] == 2:  # the second update
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing)
+    with pytest.raises(NonFiniteError, match="step 1: weights are not finite after the update"):
+        run_phase1(target, TRM, Phase1Settings(lr=1e-3), diverging)
+    kept = sorted(target.run.glob("checkpoints/step-*"))
+    assert [p.name for p in kept] == ["step-000001"]
+    assert all(torch.isfinite(t).all()
+               for t in load_file(kept[0] / "trainable.safetensors").values())
     assert (target.out / "trm.safetensors").read_bytes() == saved
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path: Path) -> None:
+    weights = {"up": torch.tensor([1.0, float("inf")])}
+    with pytest.raises(CheckpointError, match="not saved: the weights are not finite"):
+        save_checkpoint(tmp_path, Progress(step=3), weights, {}, {}, [rng_state()], keep=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Payload:
+    def __reduce__(self):  # what a planted pickle does on load: run a command
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_file_cannot_run_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    weights = {"up": torch.ones(2)}
+    path = save_checkpoint(tmp_path / "ck", Progress(step=1), weights, {"state": {}},
+                           {"last_epoch": 1}, [rng_state()], keep=2)
+    torch.save({"last_epoch": _Payload()}, path / "scheduler.pt")
+    with pytest.raises(CheckpointError, match=r"scheduler\.pt: not a plain state file, refused"):
+        load_latest(tmp_path / "ck", rank=0)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
+    np.random.seed(7)
+    path = save_checkpoint(tmp_path, Progress(step=1), {"up": torch.ones(1)}, {}, {},
+                           [rng_state()], keep=1)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_latest(tmp_path, rank=0).rng)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert path.name == "step-000001"
 
 
 def test_two_process_ddp_matches_one_process(tmp_path: Path, workspace: Path) -> None:
@@ -342,3 +423,43 @@ def test_disabled_phase2_stage_writes_a_marker_and_zero_cost(
     cost = json.loads((tmp_path / "metrics/cost/train_phase2.json").read_text())
     assert (cost["status"], cost["usd"], cost["wall_seconds"], cost["flops"]) == (
         "skipped", 0.0, 0.0, 0.0)
+
+
+def test_one_trainer_per_run_directory(tmp_path: Path) -> None:
+    busy = rf"run: another trainer is running here \(pid {os.getpid()}\)"
+    with lock_run_dir(tmp_path / "run"), pytest.raises(RunDirBusy, match=busy), \
+            lock_run_dir(tmp_path / "run"):
+        pass
+    with lock_run_dir(tmp_path / "run"):  # released when the first trainer ends
+        pass
+
+
+def test_a_stage_dies_with_its_parent(tmp_path: Path) -> None:
+    """As when `dvc` is killed: the stage must not train on as an orphan."""
+    ready = tmp_path / "watching"
+    stage = f"import pathlib, time, stages; pathlib.Path({str(ready)!r}).touch(); time.sleep(120)"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"child = subprocess.Popen([sys.executable, '-c', {stage!r}])\n"
+         "print(child.pid, flush=True)\ntime.sleep(120)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not ready.exists():  # the child has imported `stages`: it watches its parent
+        assert time.monotonic() < deadline, "the stage did not start within 60 s"
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child):
+        assert time.monotonic() < deadline, "the stage outlived its parent by 30 s"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (exited, not yet reaped) is gone too
+        return stat.read().split()[2] != "Z"

@@ -16,6 +16,7 @@ from millennial.base import byte_level_tokenizer
 from millennial.data import DataError
 from millennial.data.curate import curate, parse_config
 from millennial.params import ParamsError
+from millennial.receipt import RECEIPT, require_validated, tree_sha256, write_receipt
 from millennial.validate import (
     DocumentGate,
     ValidateConfig,
@@ -183,6 +184,7 @@ def test_stage_passes_then_fails_and_records_the_failure(
     receipt = json.loads(Path("data/validated/receipt.json").read_text())
     assert metrics["success"] is True and receipt["success"] is True
     assert receipt["data_sha256"] == metrics["data_sha256"]
+    require_validated(RECEIPT, "data/curated/documents", "data/curated/packed")  # passes
     assert (Path("reports/data_docs") / "index.html").is_file()
     assert json.loads(Path("metrics/cost/validate.json").read_text())["status"] == "ok"
 
@@ -197,6 +199,8 @@ def test_stage_passes_then_fails_and_records_the_failure(
     assert metrics["results"]["hash_in_one_split"]["unexpected_count"] == 2
     assert metrics["data_sha256"] != receipt["data_sha256"]
     assert not Path("data/validated/receipt.json").exists()  # the stale receipt is gone
+    with pytest.raises(DataError, match="no validation receipt"):
+        require_validated(RECEIPT, documents, "data/curated/packed")
     err = capsys.readouterr().err
     assert "hash_in_one_split" in err and "2 rows" in err
 
@@ -208,7 +212,23 @@ def test_missing_documents_is_a_readable_error(tmp_path: Path) -> None:
 
 def test_validate_with_a_given_gate_writes_metrics(gate: DocumentGate, project: Path,
                                                    tmp_path: Path) -> None:
-    report = validate(project / "data/curated/documents", gate, tmp_path / "m.json",
-                      tmp_path / "r.json")
+    report = validate(project / "data/curated/documents", project / "data/curated/packed", gate,
+                      tmp_path / "m.json", tmp_path / "r.json")
     assert json.loads((tmp_path / "m.json").read_text())["checks_total"] == len(report.checks)
     assert report.rows["test_ood"] == 20
+
+
+def test_training_refuses_data_that_changed_after_it_passed(tmp_path: Path) -> None:
+    documents, packed = tmp_path / "documents", tmp_path / "packed"
+    for directory in (documents, packed):
+        directory.mkdir()
+        (directory / "train.parquet").write_bytes(b"validated bytes")
+    receipt = tmp_path / "receipt.json"
+    write_receipt(receipt, tree_sha256(documents), packed, checks=3)
+    require_validated(receipt, documents, packed)
+    (packed / "train.parquet").write_bytes(b"swapped after the gate")
+    with pytest.raises(DataError, match=r"'packed_sha256' does not match .*packed"):
+        require_validated(receipt, documents, packed)
+    receipt.write_text('{"success": false}')
+    with pytest.raises(DataError, match="does not record a passing validation"):
+        require_validated(receipt, documents, packed)

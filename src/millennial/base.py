@@ -33,6 +33,7 @@ from transformers import (
 
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.planner import SUPPORTED_MODEL_TYPES
+from millennial.errors import UserError
 from millennial.fingerprint import parameters_sha256, parameters_sha256s
 from millennial.params import ParamsError, load_params, section
 
@@ -52,7 +53,7 @@ PAD_TOKEN = "<|pad|>"
 PROVENANCE_FILE = "provenance.json"
 
 
-class BaseSourceError(RuntimeError):
+class BaseSourceError(UserError):
     """The chosen base model cannot be obtained (package missing, path absent, Hub unreachable)."""
 
 

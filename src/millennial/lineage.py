@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from millennial.errors import UserError
+
 LOCK_FILE = "dvc.lock"
 VALIDATION_METRICS = "metrics/validation.json"
 COST_DIR = "metrics/cost"
@@ -28,7 +30,7 @@ COST_KEYS = ("status", "usd", "wall_seconds", "energy_kwh", "energy_method", "co
              "gpu_hours", "device_kind", "device_count", "started_at")
 
 
-class LineageError(ValueError):
+class LineageError(UserError):
     """The artifact cannot be traced (not a DVC output, or no dvc.lock to trace it in)."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from millennial.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError):
     """A params file is missing, malformed, or lacks a key a stage needs."""
 
 

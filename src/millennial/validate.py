@@ -15,7 +15,6 @@ jQuery from CDNs, so offline they show unstyled (the content is all there).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from millennial.data.clean import PII_PATTERNS
 from millennial.data.curate import DOCUMENT_SCHEMA
 from millennial.data.split import SPLITS
 from millennial.params import load_params, section
+from millennial.receipt import tree_sha256, write_receipt
 
 REQUIRED_COLUMNS = ("source", "kind", "text", "content_hash", "split", "n_tokens")
 COLUMN_TYPES = {field.name: "int32" if pa.types.is_int32(field.type) else "str"
@@ -90,16 +90,6 @@ def load_documents(documents_dir: str | Path) -> pd.DataFrame:
             raise DataError(f"{path}: missing (run the curate stage first)")
         frames.append(pd.read_parquet(path, dtype_backend="numpy_nullable"))
     return pd.concat(frames, ignore_index=True)
-
-
-def documents_sha256(documents_dir: str | Path) -> str:
-    """sha256 over the names and bytes of every file under `documents_dir`, in sorted order."""
-    digest = hashlib.sha256()
-    directory = Path(documents_dir)
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _named(expectation: gxe.Expectation, name: str) -> gxe.Expectation:
@@ -275,9 +265,11 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate(documents_dir: str | Path, gate: DocumentGate, metrics_path: str | Path,
-             receipt_path: str | Path, docs_dir: str | Path | None = None) -> ValidationReport:
-    """Check the curated documents; write metrics always, the receipt only on success."""
+def validate(documents_dir: str | Path, packed_dir: str | Path, gate: DocumentGate,
+             metrics_path: str | Path, receipt_path: str | Path,
+             docs_dir: str | Path | None = None) -> ValidationReport:
+    """Check the curated documents; write metrics always, the receipt only on success (with the
+    hashes of the documents and of the packed blocks made from them, which training checks)."""
     receipt = Path(receipt_path)
     receipt.unlink(missing_ok=True)  # a stale receipt must not vouch for new data
     documents = load_documents(documents_dir)
@@ -286,22 +278,21 @@ def validate(documents_dir: str | Path, gate: DocumentGate, metrics_path: str | 
         gate.build_data_docs(docs_dir)
     report = ValidationReport(
         success=all(check.success for check in checks),
-        data_sha256=documents_sha256(documents_dir),
+        data_sha256=tree_sha256(documents_dir),
         rows={split: int((documents["split"] == split).sum()) for split in SPLITS},
         checks=checks,
     )
     write_json(metrics_path, report.metrics())
     if report.success:
-        write_json(receipt, {"success": True, "data_sha256": report.data_sha256,
-                             "checks": len(checks)})
+        write_receipt(receipt, report.data_sha256, packed_dir, len(checks))
     return report
 
 
 def validate_from_params(params_path: str | Path, documents_dir: str | Path,
-                         metrics_path: str | Path, receipt_path: str | Path,
-                         docs_dir: str | Path | None) -> ValidationReport:
+                         packed_dir: str | Path, metrics_path: str | Path,
+                         receipt_path: str | Path, docs_dir: str | Path | None) -> ValidationReport:
     """The stage: params `validate`, a throw-away GX project, Data Docs copied out of it."""
     config = parse_config(section(load_params(params_path), "validate", params_path), params_path)
     with tempfile.TemporaryDirectory(prefix="gx-") as project:
         gate = DocumentGate(gx_context(project), config)
-        return validate(documents_dir, gate, metrics_path, receipt_path, docs_dir)
+        return validate(documents_dir, packed_dir, gate, metrics_path, receipt_path, docs_dir)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from millennial.errors import UserError
 from millennial.params import ParamsError
 
 ANSWER_SEPARATOR = " "
@@ -23,7 +24,7 @@ TEXT_KIND = "text"
 TASK_KIND = "task"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Input data is unusable: malformed, missing, binary, or nothing is left after filtering."""
 
 

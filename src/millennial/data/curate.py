@@ -63,6 +63,7 @@ from millennial.data.sources import (
     HubSource,
     PackageSource,
     SourceSpec,
+    file_sha256s,
     package_file,
     parse_source,
     read_source,
@@ -390,6 +391,8 @@ def source_provenance(spec: SourceSpec) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
     if isinstance(spec, FileSource):
         entry["paths"] = list(spec.paths)
+        entry["files_sha256"] = file_sha256s(spec)
+        entry["untracked"] = spec.untracked
     elif isinstance(spec, HubSource):
         entry.update(id=spec.id, revision=spec.revision, split=spec.split)
     elif isinstance(spec, PackageSource):

@@ -36,6 +36,7 @@ SNIFF_BYTES = 8192
 NUL = b"\0"
 PARQUET_BATCH_ROWS = 1024
 MAX_SKIP_EXAMPLES = 10
+SOURCES_DIR = Path("data/sources")  # local sources live here (relative to the workspace)
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,19 @@ class Fields:
 
 @dataclass(frozen=True)
 class FileSource:
-    """Local `jsonl`, `text` or `parquet` files, given as paths or globs."""
+    """Local `jsonl`, `text` or `parquet` files, given as paths or globs.
+
+    They must lie under `data/sources/` (a DVC dep of `curate`, so changing a file reruns it),
+    unless `untracked: true` says explicitly that DVC may not see their changes; either way the
+    manifest records each file's sha256.
+    """
 
     name: str
     kind: str
     paths: tuple[str, ...]
     fields: Fields
     unit: str = "file"  # text only: one document per line or per file
+    untracked: bool = False  # allow files outside data/sources/ (even outside the workspace)
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,14 @@ def parse_source(raw: Any, key: str, where: str | Path = "params.yaml") -> Sourc
     kind = options.choice("kind", KINDS)
     field_keys = ("text_field", "prompt_field", "answer_field", "task")
     if kind in ("jsonl", "parquet"):
-        options.only("name", "kind", "paths", *field_keys)
-        return FileSource(name, kind, options.strings("paths"), _fields(options, name))
+        options.only("name", "kind", "paths", "untracked", *field_keys)
+        return FileSource(name, kind, options.strings("paths"), _fields(options, name),
+                          untracked=options.flag("untracked", False))
     if kind == "text":
-        options.only("name", "kind", "paths", "unit")
+        options.only("name", "kind", "paths", "unit", "untracked")
         return FileSource(name, kind, options.strings("paths"), Fields(),
-                          options.choice("unit", UNITS, "file"))
+                          options.choice("unit", UNITS, "file"),
+                          options.flag("untracked", False))
     if kind == "hf":
         options.only("name", "kind", "id", "revision", "split", *field_keys)
         return HubSource(name, options.text("id"), options.text("revision"),
@@ -177,16 +186,31 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def expand_paths(patterns: tuple[str, ...], source: str) -> list[Path]:
-    """Paths or globs in order, each file once; a pattern matching nothing is an error."""
+def expand_paths(spec: FileSource) -> list[Path]:
+    """Paths or globs in order, each file once; a pattern matching nothing is an error, and so
+    is a file outside `data/sources/` (after resolving links and `..`) unless `untracked`."""
     found: dict[Path, None] = {}
-    for pattern in patterns:
+    for pattern in spec.paths:
         matches = sorted(glob.glob(pattern, recursive=True))
         if not matches:
             what = "no file matches" if glob.has_magic(pattern) else "file not found:"
-            raise DataError(f"source '{source}': {what} {pattern}")
+            raise DataError(f"source '{spec.name}': {what} {pattern}")
         found.update((Path(match), None) for match in matches)
+    if not spec.untracked:
+        tracked = SOURCES_DIR.resolve()
+        for path in found:
+            if not path.resolve().is_relative_to(tracked):
+                raise DataError(
+                    f"source '{spec.name}': {path} is outside {SOURCES_DIR}/, the folder DVC "
+                    f"tracks as curate's dep: move the file there (`dvc add` it if large), or "
+                    f"set untracked: true on the source to read it where it is")
     return list(found)
+
+
+def file_sha256s(spec: FileSource) -> dict[str, str]:
+    """Each file a local source reads, with its sha256: the manifest's lock of its inputs."""
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in expand_paths(spec)}
 
 
 def binary_error(where: str, offset: int) -> DataError:
@@ -388,7 +412,7 @@ def read_source(spec: SourceSpec, seed: int, policy: ErrorPolicy) -> Iterator[Re
         path, _ = package_file(spec)
         yield from _text_units(path, spec.unit, spec.name, policy)
     else:
-        for path in expand_paths(spec.paths, spec.name):
+        for path in expand_paths(spec):
             if spec.kind == "jsonl":
                 yield from _read_jsonl(path, spec, policy)
             elif spec.kind == "parquet":

@@ -20,6 +20,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from millennial.errors import UserError
 from millennial.hybrid import load_trm, trm_disabled
 from millennial.hybrid.expansion import load_expansion
 from millennial.train.arms import load_base, load_hybrid
@@ -35,7 +36,7 @@ ARMS = tuple(TRAINING_STAGES)
 RECURSIVE_ARMS = ("phase1", "phase2")  # arms whose test-time depth the sweep can vary
 
 
-class BaseArmMismatch(RuntimeError):
+class BaseArmMismatch(UserError):
     """The hybrid with TRM disabled does not reproduce the base: every comparison is void."""
 
 

@@ -51,6 +51,7 @@ from millennial.hybrid.injection import (
     zero_initialised,
 )
 from millennial.params import ParamsError
+from millennial.receipt import require_validated
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData
 from millennial.train.loop import ParamGroup, TrainResult, make_accelerator, train
@@ -70,6 +71,7 @@ class Paths:
     out: Path  # the model artifact directory
     run: Path  # checkpoints (persisted between runs for resume)
     live: Path | None = None  # dvclive directory
+    receipt: Path | None = None  # the validation receipt the data must match (stages: always)
 
 
 def load_base(base_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
@@ -129,6 +131,8 @@ def _run(
     TRM calls early on).
     """
     _check_optimizer_holds_exactly(model, groups)
+    if paths.receipt is not None:
+        require_validated(paths.receipt, paths.documents, paths.train_data.parent)
     data = PackedData.from_parquet(paths.train_data)
     held_out = _held_out_scorer(paths, config, data.block_size)
     result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity,

@@ -9,9 +9,14 @@ logged after the checkpoint would otherwise be logged twice once the run repeats
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pickle
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from millennial.atomic import atomic_dir, write_json
+from millennial.errors import UserError
 
 PREFIX = "step-"
 IDENTITY_FILE = "identity.json"
+LOCK_FILE = "trainer.lock"
 LOGS = "logs"
 AVERAGE_FILE = "average.safetensors"
+
+
+class CheckpointError(UserError):
+    """A checkpoint on disk that must not be resumed (not plain state, or not finite)."""
+
+
+class RunDirBusy(UserError):
+    """Another live trainer holds the run directory."""
 
 
 @dataclass
@@ -38,9 +53,11 @@ class Progress:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors, lists and numbers: loadable with weights_only."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -48,7 +65,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -71,6 +89,11 @@ def save_checkpoint(
     the weight average, when the run keeps one.
     """
     target = directory / f"{PREFIX}{progress.step:06d}"
+    for what, tensors in (("weights", trainable), ("weight average", average or {})):
+        broken = sorted(name for name, t in tensors.items() if not torch.isfinite(t).all())
+        if broken:
+            raise CheckpointError(f"{target}: not saved: the {what} are not finite "
+                                  f"({', '.join(broken[:3])}); the last good checkpoint is kept")
     with atomic_dir(target) as tmp:
         save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()},
                   str(tmp / "trainable.safetensors"))
@@ -126,11 +149,48 @@ def load_latest(directory: Path, rank: int) -> Checkpoint | None:
         path=path,
         progress=progress,
         trainable=load_file(str(path / "trainable.safetensors")),
-        optimizer_state=torch.load(path / "optimizer.pt", weights_only=False),
-        scheduler_state=torch.load(path / "scheduler.pt", weights_only=False),
-        rng=torch.load(path / f"rng-{rank}.pt", weights_only=False),
+        optimizer_state=_load_state(path / "optimizer.pt"),
+        scheduler_state=_load_state(path / "scheduler.pt"),
+        rng=_load_state(path / f"rng-{rank}.pt"),
         average=load_file(str(path / AVERAGE_FILE)) if (path / AVERAGE_FILE).is_file() else None,
     )
+
+
+def _load_state(path: Path) -> Any:
+    """Tensors, containers and numbers only: a checkpoint file cannot run code when loaded."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: not a plain state file, refused (it may carry code; "
+                              f"delete the checkpoint to retrain from the last good one): "
+                              f"{str(error).splitlines()[0]}") from error
+
+
+@contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for one trainer: a second, started while the first lives (an orphaned
+    stage, a concurrent rerun), is refused instead of writing the same checkpoints and logs.
+
+    The lock is the kernel's (flock), so a killed trainer releases it with its last breath.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunDirBusy(f"{run_dir}: another trainer is running here (pid {holder}); "
+                             "wait for it or stop it, then rerun") from err
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def claim_run_dir(run_dir: Path, identity: dict[str, Any]) -> list[str]:

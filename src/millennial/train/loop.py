@@ -33,6 +33,7 @@ from millennial.train.checkpoint import (
     Progress,
     claim_run_dir,
     load_latest,
+    lock_run_dir,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -142,94 +143,98 @@ def train(
     across processes (with RAM-efficient loading, only process 0 even holds the base's weights).
     `step_context(module, step)` wraps each optimizer step (a depth curriculum sets the TRM's
     depth there); it must be a pure function of the step, so a resumed run repeats it.
-    With `config.ema_decay` > 0 the model ends holding the weight average.
+    With `config.ema_decay` > 0 the model ends holding the weight average. One trainer at a
+    time per `run_dir`: a second one is refused while the first lives.
     """
-    if accelerator.is_main_process:
-        changed = claim_run_dir(run_dir, _identity(identity or {}, groups, data, config,
-                                                   accelerator.num_processes))
-        if changed:
-            accelerator.print(f"{run_dir}: checkpoints belonged to another run (changed: "
-                              f"{', '.join(changed)}); training from step 0")
-    accelerator.wait_for_everyone()
-    set_seed(config.seed)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(
-        [{"params": list(g.parameters.values()), "lr": g.lr} for g in groups],
-        weight_decay=config.weight_decay,
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    # Under FSDP, prepare swaps every parameter for a sharded one: look them up again after.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    module = accelerator.unwrap_model(model)
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    before = held_out(module) if held_out is not None else None
-    average = WeightAverage(trainable, config.ema_decay) if config.ema_decay > 0 else None
-    checkpoints = run_dir / "checkpoints"
-    progress = Progress()
-    latest = load_latest(checkpoints, accelerator.process_index)
-    if latest is not None:
-        if average is not None:  # the average goes through the parameters to reach its shards
-            if latest.average is None:
-                raise RuntimeError(f"{latest.path}: no weight average saved, but ema_decay > 0")
-            load_weights(module, latest.average)
-            average.capture()
-        load_training_state(module, optimizer, latest.trainable, latest.optimizer_state)
-        scheduler.load_state_dict(latest.scheduler_state)
-        set_rng_state(latest.rng)
-        progress = latest.progress
-        accelerator.print(f"resuming from {latest.path} (step {progress.step})")
-    resumed_from = progress.step
-    model.train()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = config.batch_size * world * config.grad_accum
-    live = None
-    if live_dir is not None and accelerator.is_main_process:
-        # Resume the logs as the checkpoint saw them (complete, and without the steps after it).
-        resume_logs = latest is not None and latest.restore_logs(live_dir)
-        live = Live(str(live_dir), resume=resume_logs, save_dvc_exp=False, dvcyaml=None)
-        live.step = progress.step  # rows are numbered by training step, resumed or not
-    bar = tqdm(total=config.max_steps, initial=progress.step, desc="train", unit="step",
-               disable=not accelerator.is_main_process)
-    start = time.perf_counter()
-    supervision = deep_supervision if config.deep_supervision_steps > 1 else None
-    while progress.step < config.max_steps:
-        step_start = time.perf_counter()
-        indices = global_batch_indices(len(data), global_batch, progress.step, config.seed)
-        micros = micro_batches(indices, config.batch_size, world, rank)
-        scored = data.scored_weight(indices) or 1.0  # nothing scored: a zero loss, not 0/0
-        context = step_context(module, progress.step) if step_context else nullcontext()
-        with context, supervision(module) if supervision else nullcontext():
-            for _ in range(config.deep_supervision_steps):
-                loss, norm = _optimizer_step(model, optimizer, micros, scored, data, accelerator,
-                                             trainable, config, progress.step)
-                scheduler.step()
-                if average is not None:
-                    average.update()
-        tokens = global_batch * data.block_size * config.deep_supervision_steps
-        progress.step += 1
-        progress.tokens += tokens
-        progress.losses.append(loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+    with lock_run_dir(run_dir) if accelerator.is_main_process else nullcontext():
+        if accelerator.is_main_process:
+            changed = claim_run_dir(run_dir, _identity(identity or {}, groups, data, config,
+                                                       accelerator.num_processes))
+            if changed:
+                accelerator.print(f"{run_dir}: checkpoints belonged to another run (changed: "
+                                  f"{', '.join(changed)}); training from step 0")
+        accelerator.wait_for_everyone()
+        set_seed(config.seed)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = torch.optim.AdamW(
+            [{"params": list(g.parameters.values()), "lr": g.lr} for g in groups],
+            weight_decay=config.weight_decay,
+        )
+        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps,
+                                                    config.max_steps)
+        # Under FSDP, prepare swaps every parameter for a sharded one: look them up again after.
+        model, optimizer = accelerator.prepare(model, optimizer)
+        module = accelerator.unwrap_model(model)
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        before = held_out(module) if held_out is not None else None
+        average = WeightAverage(trainable, config.ema_decay) if config.ema_decay > 0 else None
+        checkpoints = run_dir / "checkpoints"
+        progress = Progress()
+        latest = load_latest(checkpoints, accelerator.process_index)
+        if latest is not None:
+            if average is not None:  # the average goes through the parameters to reach its shards
+                if latest.average is None:
+                    raise RuntimeError(f"{latest.path}: no weight average saved, but ema_decay > 0")
+                load_weights(module, latest.average)
+                average.capture()
+            load_training_state(module, optimizer, latest.trainable, latest.optimizer_state)
+            scheduler.load_state_dict(latest.scheduler_state)
+            set_rng_state(latest.rng)
+            progress = latest.progress
+            accelerator.print(f"resuming from {latest.path} (step {progress.step})")
+        resumed_from = progress.step
+        model.train()
+        world, rank = accelerator.num_processes, accelerator.process_index
+        global_batch = config.batch_size * world * config.grad_accum
+        live = None
+        if live_dir is not None and accelerator.is_main_process:
+            # Resume the logs as the checkpoint saw them (complete, and without the steps after it).
+            resume_logs = latest is not None and latest.restore_logs(live_dir)
+            live = Live(str(live_dir), resume=resume_logs, save_dvc_exp=False, dvcyaml=None)
+            live.step = progress.step  # rows are numbered by training step, resumed or not
+        bar = tqdm(total=config.max_steps, initial=progress.step, desc="train", unit="step",
+                   disable=not accelerator.is_main_process)
+        start = time.perf_counter()
+        supervision = deep_supervision if config.deep_supervision_steps > 1 else None
+        while progress.step < config.max_steps:
+            step_start = time.perf_counter()
+            indices = global_batch_indices(len(data), global_batch, progress.step, config.seed)
+            micros = micro_batches(indices, config.batch_size, world, rank)
+            scored = data.scored_weight(indices) or 1.0  # nothing scored: a zero loss, not 0/0
+            context = step_context(module, progress.step) if step_context else nullcontext()
+            with context, supervision(module) if supervision else nullcontext():
+                for _ in range(config.deep_supervision_steps):
+                    loss, norm = _optimizer_step(model, optimizer, micros, scored, data,
+                                                 accelerator, trainable, config, progress.step)
+                    scheduler.step()
+                    if average is not None:
+                        average.update()
+            tokens = global_batch * data.block_size * config.deep_supervision_steps
+            progress.step += 1
+            progress.tokens += tokens
+            progress.losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if live is not None:
+                live.log_metric("loss", loss)
+                live.log_metric("lr", scheduler.get_last_lr()[0])
+                live.log_metric("grad_norm", norm)
+                live.log_metric("tokens_per_s", tokens / (time.perf_counter() - step_start))
+                live.next_step()
+            if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
+                _checkpoint(accelerator, checkpoints, progress, module, optimizer, scheduler,
+                            config.keep_checkpoints, live_dir, average)
+        bar.close()
         if live is not None:
-            live.log_metric("loss", loss)
-            live.log_metric("lr", scheduler.get_last_lr()[0])
-            live.log_metric("grad_norm", norm)
-            live.log_metric("tokens_per_s", tokens / (time.perf_counter() - step_start))
-            live.next_step()
-        if progress.step % config.checkpoint_every == 0 or progress.step == config.max_steps:
-            _checkpoint(accelerator, checkpoints, progress, module, optimizer, scheduler,
-                        config.keep_checkpoints, live_dir, average)
-    bar.close()
-    if live is not None:
-        live.end()
-    seconds = time.perf_counter() - start
-    if average is not None:
-        average.install()
-    after = held_out(module) if held_out is not None else None
-    return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from, seconds,
-                       before, after)
+            live.end()
+        seconds = time.perf_counter() - start
+        if average is not None:
+            average.install()
+        after = held_out(module) if held_out is not None else None
+        return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from, seconds,
+                           before, after)
 
 
 # Fields that do not change what a run computes: changing them keeps its checkpoints.
@@ -285,7 +290,17 @@ def _optimizer_step(
     if not math.isfinite(norm):
         raise NonFiniteError(f"step {step}: gradient norm is {norm}; last good checkpoint kept")
     optimizer.step()
+    bad = sum(not bool(torch.isfinite(_local(p)).all()) for p in trainable)
+    if accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item():
+        raise NonFiniteError(f"step {step}: weights are not finite after the update; last good "
+                             "checkpoint kept")
     return mean_loss, norm
+
+
+def _local(parameter: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a parameter (FSDP's are DTensors), or the parameter itself."""
+    to_local = getattr(parameter, "to_local", None)
+    return to_local() if to_local is not None else parameter
 
 
 def weighted_loss(model: nn.Module, input_ids: torch.Tensor,
