@@ -32,6 +32,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import State
 
+from millennial.cost.meter import failure_path
 from millennial.dag import stage_order
 from millennial.lineage import LineageError, lineage, render_markdown
 
@@ -180,8 +181,9 @@ def workspace_limit(root: Path) -> str:
     return name
 
 
-def _read_cost(root: Path, stage: str) -> dict[str, Any]:
-    path = root / "metrics" / "cost" / f"{stage.rsplit(':', 1)[-1]}.json"
+def _read_cost(root: Path, stage: str, failed: bool = False) -> dict[str, Any]:
+    name, directory = stage.rsplit(":", 1)[-1], root / "metrics" / "cost"
+    path = failure_path(directory, name) if failed else directory / f"{name}.json"
     if not path.is_file():
         return {"status": "no cost record"}
     try:
@@ -196,7 +198,7 @@ def publish_costs(root: Path, stages: Sequence[str], ran: Sequence[str],
     """The `stage-costs` table: one row per stage so far; each call is a new version."""
     rows = []
     for stage in stages:
-        record = _read_cost(root, stage)
+        record = _read_cost(root, stage, failed=stage == failed)
         this_run = ("failed" if stage == failed else "ran" if stage in ran
                     else "up to date (cost of its last run)")
         rows.append({

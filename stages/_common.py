@@ -20,7 +20,8 @@ from millennial.train.arms import Paths
 
 
 def run_stage(
-    stage: str, argv: Sequence[str] | None, body: Callable[[dict[str, Any]], dict[str, Any]]
+    stage: str, argv: Sequence[str] | None,
+    body: Callable[[dict[str, Any], Path], dict[str, Any]],
 ) -> int:
     """Load params, run `body` inside the cost meter, write `metrics/<stage>.json`.
 
@@ -34,7 +35,7 @@ def run_stage(
     try:
         params = load_params(args.params)
         with Meter(stage, params_path=args.params) if main_process else nullcontext() as meter:
-            metrics = body(params)
+            metrics = body(params, args.params)
             if meter is not None:
                 meter.add(tokens=metrics.get("tokens_this_run", 0),
                           flops=metrics.get("flops", 0.0))
@@ -46,12 +47,14 @@ def run_stage(
     return 0
 
 
-def trm_config(params: dict[str, Any]) -> TRMConfig:
-    """The `trm:` section as a TRMConfig; a bad value is a params error naming the section."""
+def trm_config(params: dict[str, Any], source: Path) -> TRMConfig:
+    """The `trm:` section as a TRMConfig; a bad value is a params error naming the file."""
     try:
-        return TRMConfig.from_dict(section(params, "trm"))
+        return TRMConfig.from_dict(section(params, "trm", source))
+    except ParamsError:
+        raise
     except ValueError as err:
-        raise ParamsError(f"params.yaml: trm: {err}") from err
+        raise ParamsError(f"{source}: trm: {err}") from err
 
 
 def training_paths(stage: str, out: str) -> Paths:

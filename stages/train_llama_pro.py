@@ -8,6 +8,7 @@ blocks with zeroed output projections, only they train, same data and token budg
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from millennial.params import section
@@ -20,10 +21,10 @@ STAGE = "train_llama_pro"
 PATHS = training_paths(STAGE, "models/llama_pro")
 
 
-def body(params: dict[str, Any]) -> dict[str, Any]:
-    settings = LlamaProSettings.from_params(params.get("llama_pro"))
-    config = TrainConfig.from_params(section(params, "train"))
-    return run_llama_pro(PATHS, trm_config(params), settings, config)
+def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+    settings = LlamaProSettings.from_params(params.get("llama_pro"), source)
+    config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
+    return run_llama_pro(PATHS, trm_config(params, source), settings, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

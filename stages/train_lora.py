@@ -7,6 +7,7 @@ the same token budget as phase 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from millennial.params import section
@@ -19,10 +20,10 @@ STAGE = "train_lora"
 PATHS = training_paths(STAGE, "models/lora")
 
 
-def body(params: dict[str, Any]) -> dict[str, Any]:
-    settings = LoraSettings.from_params(params.get("lora"))
-    config = TrainConfig.from_params(section(params, "train"))
-    return run_lora(PATHS, trm_config(params), settings, config)
+def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+    settings = LoraSettings.from_params(params.get("lora"), source)
+    config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
+    return run_lora(PATHS, trm_config(params, source), settings, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

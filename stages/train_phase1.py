@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from millennial.params import section
@@ -15,10 +16,10 @@ STAGE = "train_phase1"
 PATHS = training_paths(STAGE, "models/phase1")
 
 
-def body(params: dict[str, Any]) -> dict[str, Any]:
-    settings = Phase1Settings.from_params(params.get("phase1"))
-    return run_phase1(PATHS, trm_config(params), settings,
-                      TrainConfig.from_params(section(params, "train")))
+def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+    settings = Phase1Settings.from_params(params.get("phase1"), source)
+    return run_phase1(PATHS, trm_config(params, source), settings,
+                      TrainConfig.from_params(section(params, "train", source), f"{source}:train"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

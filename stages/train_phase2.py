@@ -28,9 +28,9 @@ PHASE1 = Path("models/phase1")
 PATHS = training_paths(STAGE, "models/phase2")
 
 
-def body(params: dict[str, Any]) -> dict[str, Any]:
-    phase2 = Phase2Config.from_params(params.get("phase2"))
-    config = TrainConfig.from_params(section(params, "train"))
+def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+    phase2 = Phase2Config.from_params(params.get("phase2"), source)
+    config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
     return run_phase2(PATHS, PHASE1, phase2, config)
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     known, _ = parser.parse_known_args(argv)
     try:
         params = load_params(known.params)
-        enabled = Phase2Config.from_params(params.get("phase2")).enabled
+        enabled = Phase2Config.from_params(params.get("phase2"), known.params).enabled
     except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
         print(f"{STAGE}: error: {err}", file=sys.stderr)
         return 2

@@ -223,7 +223,7 @@ def test_a_mixture_sets_each_sources_share_of_the_loss(curated: Path, tmp_path: 
      r"'curate\.mixture' has unknown key\(s\) typo"),
     ({"news": 0.5, "extra": 0.5, "chase": 0.5, "sum": 0.0}, "shares must sum to 1, got 1.5"),
     ({"news": 1.5, "extra": -0.5, "chase": 0.0, "sum": 0.0},
-     r"'curate\.mixture\.news' must be a number in \[0\.0, 1\.0\]"),
+     r"'curate\.mixture\.news' must be a finite number in \[0\.0, 1\.0\]"),
     ([0.5, 0.5], "'curate.mixture' must be a mapping"),
 ])
 def test_bad_mixtures_name_the_key(curated: Path, mixture: Any, message: str) -> None:
@@ -317,7 +317,7 @@ def test_bad_input_fails_and_leaves_previous_data_untouched(
     ({"filter": {"min_chars": 10, "max_chars": 5, "max_junk_ratio": 0.3}},
      r"'curate\.filter\.max_chars' must be >= min_chars \(10\)"),
     ({"minhash": {"num_perm": 64, "threshold": 1.5, "shingle_size": 3}},
-     r"'curate\.minhash\.threshold' must be a number in \[0\.01, 0\.99\]"),
+     r"'curate\.minhash\.threshold' must be a finite number in \[0\.01, 0\.99\]"),
     ({"on_error": "ignore"}, r"'curate\.on_error' must be one of fail, skip"),
     ({"block_size": 4}, r"'curate\.block_size' must be >= 8"),
     ({"colour": "red"}, r"'curate' has unknown key\(s\) colour"),
@@ -346,4 +346,7 @@ def test_stage_entry(tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.Mo
     Path("params.yaml").write_text(yaml.safe_dump({"curate": {"block_size": 64}}))
     assert main([]) == 2
     assert "curate: error: params.yaml: missing key 'curate.filter'" in capsys.readouterr().err
-    assert json.loads(Path("metrics/cost/curate.json").read_text())["status"] == "failed"
+    assert json.loads(Path("metrics/cost/curate.json").read_text()) == cost  # the last good one
+    assert json.loads(Path("metrics/cost/failed/curate.json").read_text())["status"] == "failed"
+    Path("params.yaml").write_text(yaml.safe_dump({"curate": params(tokenizer_dir, sources)}))
+    assert main([]) == 0 and not Path("metrics/cost/failed/curate.json").exists()

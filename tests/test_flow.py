@@ -54,7 +54,7 @@ cost = {"stage": stage, "status": "ok", "usd": 0.25, "wall_seconds": 1.5, "energ
         "energy_method": "tdp-estimate", "device_kind": "cpu", "device_count": 1}
 if stage == "validate" and fake["fail"]:
     write("metrics/validation.json", json.dumps({"success": False}))
-    write("metrics/cost/validate.json", json.dumps({**cost, "status": "failed"}))
+    write("metrics/cost/failed/validate.json", json.dumps({**cost, "status": "failed"}))
     print("validate: 3 of 7 checks failed (fake)", file=sys.stderr)
     sys.exit(1)
 write(f"out/{stage}.txt", stage)

@@ -2,6 +2,7 @@
 its parameters and its FLOPs."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,8 +72,8 @@ def test_bad_halting_fields_are_named(bad: dict) -> None:
 def test_a_bad_halting_param_is_a_params_error_naming_the_key() -> None:
     from stages._common import trm_config
 
-    with pytest.raises(ParamsError, match=r"params\.yaml: trm: halt_threshold"):
-        trm_config({"trm": {"halting": True, "halt_threshold": 2}})
+    with pytest.raises(ParamsError, match=r"study\.yaml: trm: halt_threshold"):  # the file read
+        trm_config({"trm": {"halting": True, "halt_threshold": 2}}, Path("study.yaml"))
 
 
 def test_adapter_round_trip_keeps_the_heads(tmp_path) -> None:

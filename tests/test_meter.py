@@ -87,7 +87,8 @@ def test_failure_is_recorded_and_re_raised(tmp_path: Path, params: Path) -> None
                    energy_methods=("tdp",)) as m:
             m.add(tokens=5)
             raise RuntimeError("disk on fire")
-    record = read(tmp_path / "validate.json")
+    assert not (tmp_path / "validate.json").exists()  # the last good record is not replaced
+    record = read(tmp_path / "failed/validate.json")
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: disk on fire"
     assert record["tokens"] == 5 and record["wall_seconds"] >= 0
@@ -210,6 +211,17 @@ def test_cost_params(tmp_path: Path, params: Path) -> None:
     bad.write_text("cost:\n  usd_per_device_hour: {cpu: cheap}\n")
     with pytest.raises(ParamsError, match=r"bad\.yaml: 'cost\.usd_per_device_hour\.cpu'"):
         meter("x", params_path=bad)
+    for section, match in [
+        ("{usd_per_devce_hour: {cpu: 1}}", r"'cost' has unknown key\(s\) usd_per_devce_hour"),
+        ("{usd_per_device_hour: {cpu: -1}}", r"'cost\.usd_per_device_hour\.cpu' must be a "
+                                             r"finite number in \[0\.0, inf\], got -1"),
+        ("{pue: .nan}", r"'cost\.pue' must be a finite number in \[1\.0, inf\], got nan"),
+        ("{grid_kg_co2e_per_kwh: -0.4}", r"'cost\.grid_kg_co2e_per_kwh' must be a finite"),
+        ("{country_iso_code: FR}", r"'cost\.country_iso_code' must be a 3-letter code"),
+    ]:
+        bad.write_text(f"cost: {section}\n")
+        with pytest.raises(ParamsError, match=rf"bad\.yaml: {match}"):
+            load_cost_params(bad)
     with pytest.raises(ValueError, match="stage name"):
         meter("../escape", params_path=None)
 

@@ -332,7 +332,7 @@ def test_stage_entry_reports_bad_params_without_traceback(
     args = ["--params", str(params), "--out", str(tmp_path / "out"), "--cost-dir", str(cost)]
     assert main(args) == 2
     assert f"{params}: base.source must be one of" in capsys.readouterr().err
-    assert json.loads((cost / "prepare_base.json").read_text())["status"] == "failed"
+    assert json.loads((cost / "failed/prepare_base.json").read_text())["status"] == "failed"
     assert not (tmp_path / "out").exists()
 
 

@@ -32,8 +32,7 @@ from typing import Any
 import yaml
 
 from millennial.atomic import write_json, write_text
-from millennial.data import Options
-from millennial.params import ParamsError
+from millennial.params import Options, ParamsError
 
 TUNED_ARMS = ("phase1", "lora", "llama_pro")
 ALL_ARMS = "all"

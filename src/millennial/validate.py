@@ -31,11 +31,11 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column
 
 from millennial.atomic import atomic_dir, write_json
-from millennial.data import TASK_KIND, TEXT_KIND, DataError, Options
+from millennial.data import TASK_KIND, TEXT_KIND, DataError
 from millennial.data.clean import PII_PATTERNS
 from millennial.data.curate import DOCUMENT_SCHEMA
 from millennial.data.split import SPLITS
-from millennial.params import load_params, section
+from millennial.params import Options, load_params, section
 from millennial.receipt import tree_sha256, write_receipt
 
 REQUIRED_COLUMNS = ("source", "kind", "text", "content_hash", "split", "n_tokens")

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 PRODUCTS = ("data", "models", "metrics", "reports", "runs", "dvclive", "dvc.lock")
+INPUTS = ("data/sources/",)  # inside a product folder, but the pipeline's input: copied
 
 
 def copy_project(repo: Path, destination: Path) -> None:
@@ -21,7 +22,8 @@ def copy_project(repo: Path, destination: Path) -> None:
     ).stdout
     for name in listed.splitlines():
         source = repo / name
-        if name.split("/")[0] in PRODUCTS or not source.is_file():
+        product = name.split("/")[0] in PRODUCTS and not name.startswith(INPUTS)
+        if product or not source.is_file():
             continue
         (destination / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination / name)

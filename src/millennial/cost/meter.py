@@ -1,8 +1,11 @@
 """What each pipeline stage did cost: time, device-hours, energy, dollars, CO2e and MFU.
 
-Every stage runs inside `meter(...)`; on exit (success or failure) it writes
-`metrics/cost/<stage>.json` atomically. A failed stage is recorded as failed with its error and
-the exception is re-raised. Energy comes from the best source available, always labelled:
+Every stage runs inside `meter(...)`; on exit it writes `metrics/cost/<stage>.json` atomically
+when the stage succeeded, and `metrics/cost/failed/<stage>.json` (with its error) when it
+failed, then re-raises. The failure record is nobody's DVC output or dep: the last good record
+survives it (dvc.yaml marks cost records `persist`, so DVC does not delete them before a run),
+and fixing the fault reruns only what changed. Energy comes from the best source available,
+always labelled:
 
 1. `nvml`: NVIDIA's cumulative board-energy counters (GPU only: CPU, RAM and host excluded).
 2. `rapl`: the CPU package energy counters under /sys/class/powercap (whole socket, every
@@ -20,6 +23,7 @@ device peak (for the CPU, a matmul peak measured once and cached).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import resource
@@ -44,11 +48,12 @@ from millennial.cost.hardware import (
     gpu_kind_from_nvml_name,
 )
 from millennial.cost.planner import GRID_KG_CO2E_PER_KWH, POWER_UTILISATION
-from millennial.params import ParamsError, load_params
+from millennial.params import Options, load_params
 
 ENERGY_METHODS = ("nvml", "rapl", "codecarbon", "tdp")
 RAPL_ROOT = Path("/sys/class/powercap")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+FAILED_DIR = "failed"
 _JOULES_PER_KWH = 3.6e6
 
 
@@ -66,40 +71,26 @@ class CostParams:
     source: str = "defaults"
 
 
-def _number(value: Any, key: str, source: str, minimum: float = 0.0) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < minimum:
-        raise ParamsError(f"{source}: '{key}' must be a number >= {minimum:g}, got {value!r}")
-    return float(value)
-
-
 def load_cost_params(path: str | Path | None) -> CostParams:
     """Read `cost:` from a params file; no file or no section means the stated defaults."""
     if path is None or not Path(path).is_file():
         return CostParams(source=f"defaults ({path or 'no params file'} not found)")
-    params = load_params(path)
-    section = params.get("cost")
+    section = load_params(path).get("cost")
     if section is None:
         return CostParams(source=f"defaults ({path} has no cost: section)")
-    if not isinstance(section, dict):
-        raise ParamsError(f"{path}: 'cost' must be a mapping, got {type(section).__name__}")
-    prices = section.get("usd_per_device_hour", {})
-    if not isinstance(prices, dict):
-        raise ParamsError(f"{path}: 'cost.usd_per_device_hour' must be a mapping")
-    country = section.get("country_iso_code", "USA")
-    if not isinstance(country, str) or len(country) != 3:
-        raise ParamsError(f"{path}: 'cost.country_iso_code' must be a 3-letter code, got "
-                          f"{country!r}")
+    options = Options(section, "cost", path)
+    options.only("usd_per_device_hour", "grid_kg_co2e_per_kwh", "country_iso_code", "pue")
+    prices = options.child("usd_per_device_hour") if "usd_per_device_hour" in section else None
+    country = options.text("country_iso_code", "USA")
+    if len(country) != 3:
+        raise options.error("country_iso_code", f"must be a 3-letter code, got {country!r}")
     return CostParams(
-        usd_per_device_hour={
-            str(kind): _number(usd, f"cost.usd_per_device_hour.{kind}", str(path))
-            for kind, usd in prices.items()
-        },
-        grid_kg_co2e_per_kwh=_number(
-            section.get("grid_kg_co2e_per_kwh", GRID_KG_CO2E_PER_KWH),
-            "cost.grid_kg_co2e_per_kwh", str(path),
-        ),
+        usd_per_device_hour={} if prices is None else {
+            str(kind): prices.number(kind, high=math.inf) for kind in prices.raw},
+        grid_kg_co2e_per_kwh=options.number("grid_kg_co2e_per_kwh", GRID_KG_CO2E_PER_KWH,
+                                            high=math.inf),
         country_iso_code=country,
-        pue=_number(section.get("pue", 1.0), "cost.pue", str(path), minimum=1.0),
+        pue=options.number("pue", 1.0, low=1.0, high=math.inf),
         source=f"{path} (cost:)",
     )
 
@@ -404,7 +395,8 @@ def build_record(
 
 
 class Meter:
-    """Context manager recording one stage's cost to `<out_dir>/<stage>.json`."""
+    """Context manager recording one stage's cost to `<out_dir>/<stage>.json`, or to
+    `<out_dir>/failed/<stage>.json` when the stage fails."""
 
     def __init__(
         self,
@@ -420,6 +412,7 @@ class Meter:
             raise ValueError(f"stage name {stage!r}: use letters, digits, '_', '.', '-'")
         self.stage = stage
         self.path = Path(out_dir) / f"{stage}.json"
+        self.failed_path = failure_path(out_dir, stage)
         self.params = load_cost_params(params_path)  # fail before the work, not after it
         self.device = device
         self.energy_methods = tuple(energy_methods)
@@ -471,7 +464,11 @@ class Meter:
             energy_skipped=self.skipped, params=self.params, tokens=self.tokens,
             flops=self.flops, peak_flops=peak, peak_source=peak_source, planned=self.planned,
         )
-        write_json(self.path, self.record)
+        if exc is None:
+            write_json(self.path, self.record)
+            self.failed_path.unlink(missing_ok=True)  # fixed: the old failure is history
+        else:
+            write_json(self.failed_path, self.record)
         return False  # never swallow the stage's exception
 
     def _peak(self) -> tuple[float | None, str]:
@@ -481,6 +478,11 @@ class Meter:
             gpu = GPUS[self.devices.kind]
             return gpu.peak_flops * self.devices.count, f"{self.devices.count} x {gpu.source}"
         return None, f"no peak known for {self.devices.kind!r}"
+
+
+def failure_path(out_dir: str | Path, stage: str) -> Path:
+    """Where a failed run of `stage` records its cost and error (beside the last good record)."""
+    return Path(out_dir) / FAILED_DIR / f"{stage}.json"
 
 
 def write_skipped(stage: str, reason: str, out_dir: str | Path = "metrics/cost") -> dict[str, Any]:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
 
 from millennial.atomic import atomic_dir, write_json, write_text
-from millennial.data import TASK_KIND, DataError, Options, Record
+from millennial.data import TASK_KIND, DataError, Record
 from millennial.data.clean import PII_PATTERNS, FilterConfig, clean
 from millennial.data.dedup import (
     NEAR_DUPLICATE_ACTIONS,
@@ -75,7 +75,7 @@ from millennial.data.split import (
     SplitFractions,
     hash_split,
 )
-from millennial.params import ParamsError, load_params, section
+from millennial.params import Options, ParamsError, load_params, section
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from millennial.data import DataError, Options
+from millennial.data import DataError
+from millennial.params import Options
 
 SHARE_TOLERANCE = 1e-6
 

@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from millennial.data import TEXT_KIND, DataError, Options, Record, task_record
+from millennial.data import TEXT_KIND, DataError, Record, task_record
 from millennial.data.tasks import DIFFICULTY_LIMITS, TASKS, generate
-from millennial.params import ParamsError
+from millennial.params import Options, ParamsError
 
 FILE_KINDS = ("jsonl", "text", "parquet")
 KINDS = (*FILE_KINDS, "hf", "package", "generator")

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from millennial.atomic import write_json, write_parquet
 from millennial.cost.planner import forward_flops_per_token, model_shape
-from millennial.data import TEXT_KIND, DataError, Options
+from millennial.data import TEXT_KIND, DataError
 from millennial.data.pack import Encoded
 from millennial.evaluate.arms import ARMS, RECURSIVE_ARMS, ArmPaths, load_arm
 from millennial.evaluate.metrics import (
@@ -51,7 +51,7 @@ from millennial.evaluate.stats import (
 from millennial.evaluate.sweep import sweep_points, sweep_row
 from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
 from millennial.hybrid.injection import mean_halting_cycles, recursion_depth, trm_blocks
-from millennial.params import ParamsError
+from millennial.params import Options, ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")
 HELD_OUT = "test"  # general-text perplexity uses this split

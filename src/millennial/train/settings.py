@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from millennial.data import Options
-from millennial.params import ParamsError
+from millennial.params import Options, ParamsError
 
 AUTO = "auto"
 
