@@ -10,13 +10,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig
+
 from millennial.atomic import write_json
 from millennial.cost.meter import Meter
 from millennial.errors import USER_ERRORS
 from millennial.hybrid import TRMConfig
+from millennial.hybrid.injection import resolve_config
 from millennial.params import ParamsError, load_params, section
 from millennial.receipt import RECEIPT
 from millennial.train.arms import Paths
+
+BASE = Path("models/base")  # what prepare_base wrote: every training stage's base
 
 
 def run_stage(
@@ -47,10 +52,17 @@ def run_stage(
     return 0
 
 
-def trm_config(params: dict[str, Any], source: Path) -> TRMConfig:
-    """The `trm:` section as a TRMConfig; a bad value is a params error naming the file."""
+def trm_config(params: dict[str, Any], source: Path, base: Path = BASE) -> TRMConfig:
+    """The `trm:` section as a TRMConfig, checked against the prepared base where there is one
+    (injection layers in range, a pretrained core copyable): before training starts, a bad
+    value is a params error naming the file."""
     try:
-        return TRMConfig.from_dict(section(params, "trm", source))
+        config = TRMConfig.from_dict(section(params, "trm", source))
+        if (base / "config.json").is_file():
+            model_config = AutoConfig.from_pretrained(base)
+            resolve_config(model_config, config).resolve_layers(
+                model_config.get_text_config().num_hidden_layers)
+        return config
     except ParamsError:
         raise
     except ValueError as err:
@@ -60,6 +72,6 @@ def trm_config(params: dict[str, Any], source: Path) -> TRMConfig:
 def training_paths(stage: str, out: str) -> Paths:
     """Where every training stage reads (base, curated blocks) and writes (model, run, dvclive)."""
     curated = Path("data/curated")
-    return Paths(base=Path("models/base"), train_data=curated / "packed/train.parquet",
+    return Paths(base=BASE, train_data=curated / "packed/train.parquet",
                  documents=curated / "documents", out=Path(out), run=Path("runs") / stage,
                  live=Path("dvclive") / stage, receipt=RECEIPT)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from millennial.atomic import atomic_dir, write_json, write_text
@@ -52,3 +56,40 @@ def test_atomic_outputs_are_readable_like_ordinary_files(tmp_path) -> None:
         write_text(tmp / "f.txt", "x")
     assert (tmp_path / "out").stat().st_mode & 0o055 == 0o055
     assert (tmp_path / "out" / "f.txt").stat().st_mode & 0o044 == 0o044
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_a_killed_writer_are_swept(tmp_path) -> None:
+    dead = _dead_pid()
+    left = [tmp_path / f".curated.tmp-{dead}-x1", tmp_path / f".curated.old-{dead}"]
+    for path in left:
+        path.mkdir()
+        (path / "half.parquet").write_text("half")
+    (tmp_path / f".m.json.tmp-{dead}-x2").write_text("{")
+    live = tmp_path / f".curated.tmp-{os.getpid()}-x3"  # a writer still at work: not touched
+    live.mkdir()
+    with atomic_dir(tmp_path / "curated") as tmp:
+        (tmp / "a").write_text("a")
+    write_json(tmp_path / "m.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["curated", "m.json", live.name])
+
+
+def test_atomic_dir_can_keep_what_other_tools_put_beside_an_artifact(tmp_path) -> None:
+    target = tmp_path / "phase1"
+    with atomic_dir(target) as tmp:
+        (tmp / "trm.safetensors").write_text("old weights")
+    (target / "README.md").write_text("model card")
+    (target / ".gitignore").write_text("/trm.safetensors\n")
+    with atomic_dir(target, keep_others=True) as tmp:
+        (tmp / "trm.safetensors").write_text("new weights")
+    assert (target / "trm.safetensors").read_text() == "new weights"
+    assert (target / "README.md").read_text() == "model card"
+    assert (target / ".gitignore").read_text() == "/trm.safetensors\n"
+    with atomic_dir(target) as tmp:  # the default: the new output only
+        (tmp / "trm.safetensors").write_text("newer")
+    assert sorted(p.name for p in target.iterdir()) == ["trm.safetensors"]

@@ -27,6 +27,7 @@ from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
 from millennial.heldout import as_record
 from millennial.hybrid import TRMConfig, load_trm
+from millennial.hybrid.adapter import BaseIdentityError, load_lora
 from millennial.receipt import RECEIPT, tree_sha256, write_receipt
 from millennial.train.arms import (
     Paths,
@@ -279,6 +280,18 @@ class _Payload:
         return (os.system, ("touch pwned",))
 
 
+def test_a_full_disk_names_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"step-000002: could not write the checkpoint "
+                                              r"\(\[enforce fail.*full or read-only"):
+        save_checkpoint(tmp_path, Progress(step=2), {"up": torch.ones(1)}, {}, {},
+                        [rng_state()], keep=2)
+    assert list(tmp_path.iterdir()) == []  # no half checkpoint
+
+
 def test_a_checkpoint_file_cannot_run_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     weights = {"up": torch.ones(2)}
@@ -369,6 +382,13 @@ def test_lora_baseline_matches_the_trm_size(workspace: Path) -> None:
     target = metrics["trm_trainable_params"]
     assert abs(metrics["trainable_params"] - target) <= 0.1 * target
     assert (workspace / "models/lora/adapter_config.json").is_file()
+    base, _ = load_base(workspace / "models/base")
+    load_lora(base, workspace / "models/lora")  # its own base: loads
+    other, _ = load_base(workspace / "models/base")
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(BaseIdentityError, match=r"base\.json: trained on base .* hash to"):
+        load_lora(other, workspace / "models/lora")
 
 
 def test_lora_baseline_is_reproducible(tmp_path: Path, workspace: Path) -> None:

@@ -28,6 +28,17 @@ def test_round_trip_restores_the_hybrid_exactly(tmp_path, architecture: str) -> 
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+def test_saving_again_keeps_the_model_card_and_dvcs_gitignore(tmp_path) -> None:
+    target = tmp_path / "phase1"
+    save_trm(trained_hybrid(), target, base_name="tiny", base_revision="r1")
+    (target / "README.md").write_text("card")
+    (target / ".gitignore").write_text("/trm.safetensors\n")
+    save_trm(trained_hybrid(), target, base_name="tiny", base_revision="r2")  # retrained
+    assert (target / "README.md").read_text() == "card"
+    assert (target / ".gitignore").is_file()
+    assert json.loads((target / CONFIG_FILE).read_text())["base"]["revision"] == "r2"
+
+
 def test_artifact_holds_only_trm_weights_and_the_base_identity(tmp_path) -> None:
     model = trained_hybrid()
     save_trm(model, tmp_path / "adapter", base_name="tiny", base_revision="r1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -13,17 +14,25 @@ from typing import Any
 
 
 @contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def atomic_dir(target: str | Path, keep_others: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `target` in one rename.
 
-    On any error the temporary directory is removed and `target` is left as it was.
+    On any error the temporary directory is removed and `target` is left as it was. With
+    `keep_others`, files of the old `target` the new one does not write carry over (what other
+    tools keep beside an artifact: a model card, DVC's .gitignore). Temporaries that a killed
+    writer left for `target` are swept first (their names carry the writer's pid).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    sweep_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be as readable as any
     try:
         yield tmp
+        if keep_others and target.is_dir():
+            for old in target.iterdir():
+                if old.is_file() and not (tmp / old.name).exists():
+                    shutil.copy2(old, tmp / old.name)
         backup = target.with_name(f".{target.name}.old-{os.getpid()}")
         if target.exists():
             target.rename(backup)
@@ -34,11 +43,38 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+def sweep_leftovers(target: Path) -> None:
+    """Remove the temporaries and backups of `target` whose writer is no longer alive."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        kind, _, rest = leftover.name[len(target.name) + 2:].partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` via a temp file and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    sweep_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -66,7 +102,8 @@ def write_parquet(path: str | Path, table: Any) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    sweep_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp)

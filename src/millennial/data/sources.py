@@ -37,6 +37,8 @@ NUL = b"\0"
 PARQUET_BATCH_ROWS = 1024
 MAX_SKIP_EXAMPLES = 10
 SOURCES_DIR = Path("data/sources")  # local sources live here (relative to the workspace)
+_CONFINEMENT_FIX = ("move the file there (`dvc add` it if large), or set untracked: true on the "
+                    "source to read it where it is")
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,14 @@ def parse_source(raw: Any, key: str, where: str | Path = "params.yaml") -> Sourc
     field_keys = ("text_field", "prompt_field", "answer_field", "task")
     if kind in ("jsonl", "parquet"):
         options.only("name", "kind", "paths", "untracked", *field_keys)
-        return FileSource(name, kind, options.strings("paths"), _fields(options, name),
-                          untracked=options.flag("untracked", False))
+        return _confined(options, FileSource(name, kind, options.strings("paths"),
+                                             _fields(options, name),
+                                             untracked=options.flag("untracked", False)))
     if kind == "text":
         options.only("name", "kind", "paths", "unit", "untracked")
-        return FileSource(name, kind, options.strings("paths"), Fields(),
-                          options.choice("unit", UNITS, "file"),
-                          options.flag("untracked", False))
+        return _confined(options, FileSource(name, kind, options.strings("paths"), Fields(),
+                                             options.choice("unit", UNITS, "file"),
+                                             options.flag("untracked", False)))
     if kind == "hf":
         options.only("name", "kind", "id", "revision", "split", *field_keys)
         return HubSource(name, options.text("id"), options.text("revision"),
@@ -154,6 +157,17 @@ def parse_source(raw: Any, key: str, where: str | Path = "params.yaml") -> Sourc
                             f": its low end must exceed {difficulty[1]}")
     return GeneratorSource(name, task, options.integer("count", low=1), difficulty, ood_count,
                            ood_difficulty)
+
+
+def _confined(options: Options, spec: FileSource) -> FileSource:
+    """Refuse, naming the params key, a path that points outside data/sources/ as written (a
+    link inside it that leads out is caught when the files are listed, in expand_paths)."""
+    if not spec.untracked:
+        for pattern in spec.paths:
+            if not Path(os.path.abspath(pattern)).is_relative_to(SOURCES_DIR.absolute()):
+                raise options.error("paths", f"names {pattern}, outside {SOURCES_DIR}/ (the "
+                                    f"folder DVC tracks as curate's dep): {_CONFINEMENT_FIX}")
+    return spec
 
 
 def _difficulty(options: Options, name: str, task: str) -> tuple[int, int]:
@@ -197,13 +211,10 @@ def expand_paths(spec: FileSource) -> list[Path]:
             raise DataError(f"source '{spec.name}': {what} {pattern}")
         found.update((Path(match), None) for match in matches)
     if not spec.untracked:
-        tracked = SOURCES_DIR.resolve()
         for path in found:
-            if not path.resolve().is_relative_to(tracked):
-                raise DataError(
-                    f"source '{spec.name}': {path} is outside {SOURCES_DIR}/, the folder DVC "
-                    f"tracks as curate's dep: move the file there (`dvc add` it if large), or "
-                    f"set untracked: true on the source to read it where it is")
+            if not path.resolve().is_relative_to(SOURCES_DIR.resolve()):
+                raise DataError(f"source '{spec.name}': {path} leads outside {SOURCES_DIR}/ "
+                                f"(the folder DVC tracks as curate's dep): {_CONFINEMENT_FIX}")
     return list(found)
 
 

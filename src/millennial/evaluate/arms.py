@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers import PreTrainedModel
 
 from millennial.errors import UserError
 from millennial.hybrid import load_trm, trm_disabled
+from millennial.hybrid.adapter import load_lora
 from millennial.hybrid.expansion import load_expansion
 from millennial.train.arms import load_base, load_hybrid
 
@@ -85,7 +85,7 @@ def load_arm(name: str, paths: ArmPaths, probe_ids: torch.Tensor,
         check_base_arm(hybrid, plain.eval(), probe_ids, probe_mask)
         return hybrid
     if name == "lora":
-        return PeftModel.from_pretrained(base, paths.lora).merge_and_unload().eval()
+        return load_lora(base, paths.lora).eval()
     return load_expansion(base, paths.llama_pro).eval()
 
 

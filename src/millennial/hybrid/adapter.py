@@ -4,6 +4,7 @@ Like a PEFT adapter, the artifact is small and useless without its base, so it r
 name, revision and content hashes of its weights, and refuses to load onto a different base. The
 same base served in half precision is the same base: an adapter trained on fp32 weights also
 records their bf16 and fp16 casts (`fingerprint.IDENTITY_RULE`, written into the artifact).
+The LoRA baseline's PEFT adapter gets the same record beside it (`save_lora`/`load_lora`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from millennial.atomic import atomic_dir
+from millennial.atomic import atomic_dir, write_json
+from millennial.errors import UserError
 from millennial.fingerprint import IDENTITY_RULE, dtype_sha256s, tensors_sha256, weights_dtype
 from millennial.hybrid.config import TRMConfig
 from millennial.hybrid.injection import base_named_parameters, inject, trm_named_parameters
@@ -58,6 +61,34 @@ def base_mismatch(recorded: dict[str, Any], model: nn.Module, source: Path) -> s
     return None
 
 
+LORA_BASE_FILE = "base.json"  # beside a PEFT adapter: the base it was trained on
+
+
+def save_lora(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor],
+              provenance: dict[str, Any]) -> None:
+    """A PEFT LoRA adapter, plus the identity of its base (PEFT records only a name)."""
+    model.save_pretrained(directory, state_dict=tensors)  # PEFT keeps the adapter's keys
+    write_json(directory / LORA_BASE_FILE,
+               base_record(provenance["name"], provenance["revision"],
+                           provenance["state_sha256_by_dtype"]))
+
+
+def load_lora(base: nn.Module, directory: Path) -> nn.Module:
+    """The LoRA adapter merged into `base` (how it is served), refused on a different base."""
+    record_path = directory / LORA_BASE_FILE
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: not found; is {directory} a LoRA adapter "
+                                "written by train_lora?")
+    mismatch = base_mismatch(json.loads(record_path.read_text()), base, record_path)
+    if mismatch is not None:
+        raise BaseIdentityError(mismatch)
+    return PeftModel.from_pretrained(base, directory).merge_and_unload()
+
+
+class BaseIdentityError(UserError):
+    """An adapter offered a base other than the one it was trained on."""
+
+
 def artifact_files(directory: Path, config: str, weights: str, kind: str) -> tuple[Path, Path]:
     """The config and weights files of an adapter-style artifact; a missing one names itself."""
     paths = directory / config, directory / weights
@@ -95,7 +126,7 @@ def save_trm(
         raise ValueError(f"tensors must be exactly the TRM parameters; differ on "
                          f"{sorted(set(tensors) ^ set(own))[:5]}")
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, keep_others=True) as tmp:  # a model card, DVC's .gitignore stay
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         meta = {"base": identity, "trm": config.to_dict()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

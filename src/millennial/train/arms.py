@@ -34,6 +34,7 @@ from millennial.hybrid import (
     save_trm,
     trm_parameter_count,
 )
+from millennial.hybrid.adapter import save_lora
 from millennial.hybrid.expansion import (
     block_parameter_count,
     expand,
@@ -346,8 +347,8 @@ def run_lora(
                             identity)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
-        with atomic_dir(paths.out) as tmp:  # PEFT keeps the adapter's keys from `state_dict`
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
+        with atomic_dir(paths.out) as tmp:
+            save_lora(accelerator.unwrap_model(model), tmp, weights, provenance)
     metrics = _metrics(result, held_out, count, _unique_count(model))
     return metrics | {"lora_rank": rank, "trm_trainable_params": target,
                       "lr_groups": {g.name: g.lr for g in groups}}

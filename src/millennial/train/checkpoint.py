@@ -94,6 +94,21 @@ def save_checkpoint(
         if broken:
             raise CheckpointError(f"{target}: not saved: the {what} are not finite "
                                   f"({', '.join(broken[:3])}); the last good checkpoint is kept")
+    try:
+        _write_checkpoint(target, progress, trainable, optimizer_state, scheduler_state,
+                          rng_states, logs, average)
+    except (OSError, RuntimeError) as err:  # torch.save's "enforce fail" on a full disk
+        raise CheckpointError(f"{target}: could not write the checkpoint ({err}); is "
+                              f"{directory} full or read-only? The last good one is kept") from err
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def _write_checkpoint(target: Path, progress: Progress, trainable: dict[str, torch.Tensor],
+                      optimizer_state: dict[str, Any], scheduler_state: dict[str, Any],
+                      rng_states: list[dict[str, Any]], logs: Path | None,
+                      average: dict[str, torch.Tensor] | None) -> None:
     with atomic_dir(target) as tmp:
         save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()},
                   str(tmp / "trainable.safetensors"))
@@ -107,9 +122,6 @@ def save_checkpoint(
         (tmp / "progress.json").write_text(json.dumps(asdict(progress)) + "\n")
         if logs is not None and logs.is_dir():
             shutil.copytree(logs, tmp / LOGS)
-    for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old)
-    return target
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
