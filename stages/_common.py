@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,7 +13,7 @@ from transformers import AutoConfig
 
 from millennial.atomic import write_json
 from millennial.cost.meter import Meter
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.injection import resolve_config
 from millennial.params import ParamsError, load_params, section
@@ -37,19 +36,19 @@ def run_stage(
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    try:
+
+    def work() -> int:
         params = load_params(args.params)
         with Meter(stage, params_path=args.params) if main_process else nullcontext() as meter:
             metrics = body(params, args.params)
             if meter is not None:
                 meter.add(tokens=metrics.get("tokens_this_run", 0),
                           flops=metrics.get("flops", 0.0))
-    except USER_ERRORS as err:
-        print(f"{stage}: error: {err}", file=sys.stderr)
-        return 2
-    if main_process:
-        write_json(Path("metrics") / f"{stage}.json", metrics)
-    return 0
+        if main_process:
+            write_json(Path("metrics") / f"{stage}.json", metrics)
+        return 0
+
+    return run_reporting(stage, work)
 
 
 def trm_config(params: dict[str, Any], source: Path, base: Path = BASE) -> TRMConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from millennial.cost.meter import Meter
 from millennial.data.curate import curate_from_params
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 
 STAGE = "curate"
 
@@ -24,17 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    def work() -> int:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir) as meter:
             result = curate_from_params(args.params, args.out, args.metrics, args.card)
             meter.add(tokens=result.metrics["tokens"]["total"])
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"curate: error: {err}", file=sys.stderr)
-        return 2
-    splits = result.manifest["splits"]
-    print("curate: " + ", ".join(f"{split} {info['documents']} documents"
-                                 for split, info in splits.items()), file=sys.stderr)
-    return 0
+        splits = result.manifest["splits"]
+        print("curate: " + ", ".join(f"{split} {info['documents']} documents"
+                                     for split, info in splits.items()), file=sys.stderr)
+        return 0
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 from millennial.evaluate import EvalConfig, compare, read_arms, sweep_rows
 from millennial.evaluate.arms import training_record
 from millennial.evaluate.report import (
@@ -27,6 +27,7 @@ from millennial.evaluate.report import (
 )
 from millennial.lineage import LineageError, lineage, render_markdown
 from millennial.params import load_params, section
+from millennial.receipt import RECEIPT
 
 STAGE = "evaluate"
 SUMMARIES = Path("metrics/eval")
@@ -42,7 +43,6 @@ OUTPUTS = EvalOutputs(
 )
 ADAPTER_WEIGHTS = "models/phase1/trm.safetensors"  # the card's own entry is not locked yet
 VALIDATION = Path("metrics/validation.json")
-RECEIPT = Path("data/validated/receipt.json")
 
 
 def phase1_lineage() -> str:
@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    def work() -> int:
         params = load_params(args.params)
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
         provenance = read_provenance(Path("models/base"), VALIDATION, RECEIPT, params,
@@ -72,11 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = compare(evaluations, training, config.seed)
             write_eval_outputs(result, sweep_rows(evaluations), provenance, OUTPUTS,
                                phase1_lineage())
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"{STAGE}: error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(verdict(result)), file=sys.stderr)
-    return 0
+        print("\n".join(verdict(result)), file=sys.stderr)
+        return 0
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

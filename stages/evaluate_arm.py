@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter, write_skipped
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 from millennial.evaluate import EvalConfig, EvalPaths, evaluate_arm, write_arm
 from millennial.evaluate.arms import ARMS, ArmPaths, phase2_trained
 from millennial.params import load_params, section
@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     stage = f"evaluate_{args.arm}"
-    try:
+
+    def work() -> int:
         params = load_params(args.params)
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
         if args.arm == "phase2" and not phase2_trained(PATHS.arms.phase2):
@@ -51,10 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       add_work=lambda t, f: meter.add(tokens=t, flops=f))
             write_arm(evaluation, args.arm, SUMMARIES / f"{args.arm}.json",
                       EXAMPLES / f"{args.arm}.parquet")
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"{stage}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_reporting(stage, work)
 
 
 if __name__ == "__main__":

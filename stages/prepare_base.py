@@ -10,7 +10,7 @@ from pathlib import Path
 
 from millennial.base import prepare_base_from_params
 from millennial.cost.meter import Meter
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 
 STAGE = "prepare_base"
 
@@ -22,13 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    def work() -> int:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
             prepare_base_from_params(args.params, args.out)
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"prepare_base: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.atomic import write_text
 from millennial.cost.report import write_cost_report
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 from millennial.evaluate import EvalConfig
 from millennial.evaluate.report import demote_headings, read_provenance, render_summary
 from millennial.lineage import lineage, render_markdown
 from millennial.params import load_params, section
+from millennial.receipt import RECEIPT
 
 STAGE = "report"
 LINEAGE_OF = "models/phase1"
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         params = load_params(args.params)
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
         evaluation = Path("metrics/eval.json")
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"{evaluation}: not found; run the evaluate stage first")
         result = json.loads(evaluation.read_text(encoding="utf-8"))
         provenance = read_provenance(Path("models/base"), Path("metrics/validation.json"),
-                                     Path("data/validated/receipt.json"), params,
+                                     RECEIPT, params,
                                      Path("data/curated/documents"))
         lineage_markdown = demote_headings(render_markdown(lineage(LINEAGE_OF)))
         write_cost_report(metrics_dir=Path("metrics/cost"), json_out=Path("metrics/cost.json"),
@@ -44,10 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost = json.loads(Path("metrics/cost.json").read_text(encoding="utf-8"))
         write_text(Path("reports/summary.md"),
                    render_summary(result, cost, provenance, lineage_markdown))
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"{STAGE}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
 from millennial.params import load_params, section
 from millennial.train.arms import run_phase2
 from millennial.train.config import TrainConfig
@@ -45,16 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     known, _ = parser.parse_known_args(argv)
-    try:
+
+    def work() -> int:
         params = load_params(known.params)
         enabled = Phase2Config.from_params(params.get("phase2"), known.params).enabled
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"{STAGE}: error: {err}", file=sys.stderr)
-        return 2
-    if not enabled:
-        skip("phase2.enabled is false")
-        return 0
-    return run_stage(STAGE, argv, body)
+        if not enabled:
+            skip("phase2.enabled is false")
+            return 0
+        return run_stage(STAGE, argv, body)
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from millennial.cost.meter import Meter
-from millennial.errors import USER_ERRORS
+from millennial.errors import run_reporting
+from millennial.receipt import RECEIPT
 from millennial.validate import validate_from_params
 
 STAGE = "validate"
@@ -24,22 +25,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--documents", type=Path, default=Path("data/curated/documents"))
     parser.add_argument("--packed", type=Path, default=Path("data/curated/packed"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/validation.json"))
-    parser.add_argument("--receipt", type=Path, default=Path("data/validated/receipt.json"))
+    parser.add_argument("--receipt", type=Path, default=RECEIPT)
     parser.add_argument("--docs", type=Path, default=Path("reports/data_docs"))
     parser.add_argument("--cost-dir", type=Path, default=Path("metrics/cost"))
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
             report = validate_from_params(args.params, args.documents, args.packed, args.metrics,
                                           args.receipt, args.docs)
-    except USER_ERRORS as err:  # a user's fix, not a bug: no traceback
-        print(f"validate: error: {err}", file=sys.stderr)
-        return 2
-    print(report.summary(), file=sys.stderr)
-    if not report.success:
-        print(f"validate: details in {args.metrics}; Data Docs in {args.docs}", file=sys.stderr)
-        return 1
-    return 0
+        print(report.summary(), file=sys.stderr)
+        if not report.success:
+            print(f"validate: details in {args.metrics}; Data Docs in {args.docs}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_reporting(STAGE, work)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ scratch workspace holding sentinel artifacts.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 from transformers import LlamaConfig
 
 from millennial.base import byte_level_tokenizer
+from millennial.errors import run_reporting
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -198,3 +201,22 @@ def test_an_unusable_params_file_is_an_exit_2_message(
         case: str, workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stage, text, expected = RAW[case]
     check(stage, text, expected, workspace, capsys)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_full_or_read_only_disk_is_a_message_naming_the_path(
+        code: int, capsys: pytest.CaptureFixture[str]) -> None:
+    def work() -> int:
+        raise OSError(code, os.strerror(code), "metrics/cost/curate.json")
+
+    assert run_reporting("curate", work) == 2
+    assert capsys.readouterr().err == (f"curate: error: metrics/cost/curate.json: "
+                                       f"{os.strerror(code)}\n")
+
+
+def test_any_other_failure_keeps_its_traceback() -> None:
+    def work() -> int:
+        raise OSError(errno.EIO, "I/O error", "x")
+
+    with pytest.raises(OSError, match="I/O error"):
+        run_reporting("curate", work)
