@@ -93,3 +93,16 @@ def test_every_imported_module_is_a_dep_of_the_stage(stage: str) -> None:
     missing = sorted(p.relative_to(ROOT).as_posix()
                      for p in closure(module_file(entry.group(1))) if not covered(p, deps))
     assert not missing, f"dvc.yaml: stage {stage} imports modules it does not list: {missing}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_code_dep_is_stale(stage: str) -> None:
+    """A listed module the stage no longer imports reruns it for nothing when edited."""
+    spec = STAGES[stage]
+    entry = re.search(r"python -m (stages\.\w+)", spec["cmd"])
+    imported = {p.relative_to(ROOT) for p in closure(module_file(entry.group(1)))}
+    code = [Path(str(dep)) for dep in spec.get("deps", [])
+            if str(dep).startswith(("src/", "stages/"))]
+    stale = [dep.as_posix() for dep in code
+             if not any(path == dep or dep in path.parents for path in imported)]
+    assert not stale, f"dvc.yaml: stage {stage} lists modules it does not import: {stale}"

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from millennial.base import prepare_base
+from millennial.base import load_base, prepare_base
 from millennial.cost.meter import Meter
 from millennial.cost.planner import forward_flops_per_token, model_shape, trm_call_flops
 from millennial.data import TEXT_KIND, task_record
@@ -33,7 +33,7 @@ from millennial.evaluate.metrics import (
 from millennial.heldout import pad_batch, read_split
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.injection import Depth, recursion_depth
-from millennial.train.arms import Paths, load_base, run_llama_pro, run_lora, run_phase1
+from millennial.train.arms import Paths, run_llama_pro, run_lora, run_phase1
 from millennial.train.config import TrainConfig
 from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings
 

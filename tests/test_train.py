@@ -21,18 +21,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from millennial.base import prepare_base
+from millennial.base import load_base, prepare_base
 from millennial.data import Record, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
 from millennial.heldout import as_record
 from millennial.hybrid import TRMConfig, load_trm
-from millennial.hybrid.adapter import BaseIdentityError, load_lora
+from millennial.hybrid.adapter import BaseIdentityError, load_hybrid, load_lora
 from millennial.receipt import RECEIPT, tree_sha256, write_receipt
 from millennial.train.arms import (
     Paths,
-    load_base,
-    load_hybrid,
     run_lora,
     run_phase1,
     run_phase2,

@@ -14,10 +14,11 @@ from conftest import tiny_causal_lm
 from safetensors.torch import load_file
 from test_train import LORA, PHASE1, TRAIN, TRM, make_workspace, paths
 
+from millennial.base import load_base
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.expansion import load_expansion
 from millennial.params import ParamsError
-from millennial.train.arms import load_base, run_llama_pro, run_phase1
+from millennial.train.arms import run_llama_pro, run_phase1
 from millennial.train.loop import weighted_loss
 from millennial.train.settings import (
     LlamaProSettings,

@@ -16,9 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from millennial.base import prepare_base
+from millennial.base import load_base, prepare_base
 from millennial.hybrid import TRMConfig, freeze_base, inject, load_trm
-from millennial.train.arms import load_base
 from millennial.train.checkpoint import claim_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +36,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
 from millennial.hybrid import TRMConfig, freeze_base, inject, save_trm
-from millennial.train.arms import load_base
+from millennial.base import load_base
 from millennial.train.state import gather_trainable, gather_training_state, load_training_state
 
 dist.init_process_group("gloo")

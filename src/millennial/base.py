@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -482,3 +483,12 @@ def prepare_base_from_params(params_path: str | Path, out_dir: str | Path) -> di
     """Read the `base` section of a params file and run `prepare_base` (stage and CLI entry)."""
     raw = section(load_params(params_path), "base", params_path)
     return prepare_base(parse_base_spec(raw, params_path), out_dir)
+
+
+def load_base(base_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """The frozen base from `prepare_base`, and its provenance."""
+    provenance_path = base_dir / PROVENANCE_FILE
+    if not provenance_path.is_file():
+        raise FileNotFoundError(f"{provenance_path}: not found; run the prepare_base stage first")
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    return model, json.loads(provenance_path.read_text())

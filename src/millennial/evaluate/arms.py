@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from millennial.base import load_base
 from millennial.errors import UserError
 from millennial.hybrid import load_trm, trm_disabled
-from millennial.hybrid.adapter import load_lora
+from millennial.hybrid.adapter import load_hybrid, load_lora
 from millennial.hybrid.expansion import load_expansion
-from millennial.train.arms import load_base, load_hybrid
 
 TRAINING_STAGES: dict[str, tuple[str, ...]] = {
     "base": (),

@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir, write_json
 from millennial.errors import UserError
@@ -169,3 +170,26 @@ def load_trm(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.M
             )
         own[name].data.copy_(tensor)
     return model
+
+
+def save_hybrid(model: PreTrainedModel, weights: dict[str, torch.Tensor], base_dir: Path,
+                out: Path) -> None:
+    """Base weights (sharded safetensors, loadable by plain from_pretrained) + TRM adapter.
+
+    `weights` are the model's full tensors (from `gather_all`: a sharded model has no whole
+    tensors of its own).
+    """
+    trm_names = set(trm_named_parameters(model))
+    base_state = {name: weights[name] for name in base_named_parameters(model)}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, state_dict=base_state, safe_serialization=True,
+                              max_shard_size="200MB")
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
+        save_trm(model, tmp / "trm", tensors={n: weights[n] for n in trm_names},
+                 base_sha256s=dtype_sha256s(base_state), base_name=str(out),
+                 base_revision="phase2")
+
+
+def load_hybrid(directory: Path) -> PreTrainedModel:
+    """A phase-2 hybrid saved by `save_hybrid`."""
+    return load_trm(AutoModelForCausalLM.from_pretrained(directory), directory / "trm")

@@ -7,7 +7,6 @@ loop, saves its artifact atomically and returns the stage's metrics. Stages stay
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Callable
@@ -20,11 +19,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
+from millennial.base import load_base
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
-from millennial.fingerprint import dtype_sha256s, tensors_sha256
+from millennial.fingerprint import tensors_sha256
 from millennial.heldout import HeldOutLosses, held_out_losses, held_out_sets, read_split
 from millennial.hybrid import (
     TRMConfig,
@@ -34,7 +34,7 @@ from millennial.hybrid import (
     save_trm,
     trm_parameter_count,
 )
-from millennial.hybrid.adapter import save_lora
+from millennial.hybrid.adapter import save_hybrid, save_lora
 from millennial.hybrid.expansion import (
     block_parameter_count,
     expand,
@@ -73,15 +73,6 @@ class Paths:
     run: Path  # checkpoints (persisted between runs for resume)
     live: Path | None = None  # dvclive directory
     receipt: Path | None = None  # the validation receipt the data must match (stages: always)
-
-
-def load_base(base_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """The frozen base from `prepare_base`, and its provenance."""
-    provenance_path = base_dir / "provenance.json"
-    if not provenance_path.is_file():
-        raise FileNotFoundError(f"{provenance_path}: not found; run the prepare_base stage first")
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    return model, json.loads(provenance_path.read_text())
 
 
 def split_by_init(named: dict[str, torch.nn.Parameter], zero: Callable[[str], bool], lr: float,
@@ -268,29 +259,6 @@ def _phase2_trainable(base: dict[str, torch.nn.Parameter], trm: TRMConfig) -> Tr
     embeddings = any("embed" in n or "wte" in n for n in base)
     return Trainable(base_layers_from=min(layers, default=None), embeddings=embeddings,
                      head=any("lm_head" in n for n in base), trm=trm)
-
-
-def save_hybrid(model: PreTrainedModel, weights: dict[str, torch.Tensor], base_dir: Path,
-                out: Path) -> None:
-    """Base weights (sharded safetensors, loadable by plain from_pretrained) + TRM adapter.
-
-    `weights` are the model's full tensors (from `gather_all`: a sharded model has no whole
-    tensors of its own).
-    """
-    trm_names = set(trm_named_parameters(model))
-    base_state = {name: weights[name] for name in base_named_parameters(model)}
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, state_dict=base_state, safe_serialization=True,
-                              max_shard_size="200MB")
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
-        save_trm(model, tmp / "trm", tensors={n: weights[n] for n in trm_names},
-                 base_sha256s=dtype_sha256s(base_state), base_name=str(out),
-                 base_revision="phase2")
-
-
-def load_hybrid(directory: Path) -> PreTrainedModel:
-    """A phase-2 hybrid saved by `save_hybrid`."""
-    return load_trm(AutoModelForCausalLM.from_pretrained(directory), directory / "trm")
 
 
 def lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torch.nn.Module:
