@@ -106,3 +106,16 @@ def test_no_code_dep_is_stale(stage: str) -> None:
     stale = [dep.as_posix() for dep in code
              if not any(path == dep or dep in path.parents for path in imported)]
     assert not stale, f"dvc.yaml: stage {stage} lists modules it does not import: {stale}"
+
+
+def test_every_untracked_metric_persists_through_a_failed_run() -> None:
+    """`cache: false` metrics cannot be checked out again: DVC must not delete them first."""
+    loose = [name for spec in STAGES.values() for entry in spec.get("metrics", [])
+             for name, options in entry.items()
+             if options.get("cache") is False and options.get("persist") is not True]
+    assert not loose, f"dvc.yaml: cache: false metrics without persist: true: {loose}"
+
+
+def test_local_data_sources_are_a_dep_of_curate() -> None:
+    assert "data/sources" in [str(dep).split()[0] for dep in STAGES["curate"]["deps"]]
+    assert (ROOT / "data/sources/README.md").is_file()  # the folder exists in every clone
