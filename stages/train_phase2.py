@@ -15,6 +15,7 @@ from typing import Any
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
 from millennial.errors import run_reporting
+from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE
 from millennial.params import load_params, section
 from millennial.train.arms import run_phase2
 from millennial.train.config import TrainConfig
@@ -22,7 +23,6 @@ from millennial.train.settings import Phase2Config
 from stages._common import run_stage, training_paths
 
 STAGE = "train_phase2"
-SKIPPED_MARKER = "skipped.json"
 PHASE1 = Path("models/phase1")
 PATHS = training_paths(STAGE, "models/phase2")
 
@@ -35,7 +35,8 @@ def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
 
 def skip(reason: str) -> None:
     with atomic_dir(PATHS.out) as tmp:
-        (tmp / SKIPPED_MARKER).write_text(json.dumps({"skipped": True, "reason": reason}) + "\n")
+        marker = {"skipped": True, "reason": reason}
+        (tmp / PHASE2_SKIPPED_FILE).write_text(json.dumps(marker) + "\n")
     write_skipped(STAGE, reason)
     write_json(Path("metrics") / f"{STAGE}.json", {"skipped": True, "tokens": 0})
 

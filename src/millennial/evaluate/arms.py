@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from millennial.base import load_base
 from millennial.errors import UserError
 from millennial.hybrid import load_trm, trm_disabled
-from millennial.hybrid.adapter import load_hybrid, load_lora
+from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE, load_hybrid, load_lora
 from millennial.hybrid.expansion import load_expansion
 
 TRAINING_STAGES: dict[str, tuple[str, ...]] = {
@@ -51,7 +51,7 @@ class ArmPaths:
 
 def phase2_trained(directory: Path) -> bool:
     """Phase 2 is optional: its stage writes `skipped.json` instead of a model when disabled."""
-    return directory.is_dir() and not (directory / "skipped.json").exists()
+    return directory.is_dir() and not (directory / PHASE2_SKIPPED_FILE).exists()
 
 
 def check_base_arm(hybrid: PreTrainedModel, base: PreTrainedModel, input_ids: torch.Tensor,

@@ -20,6 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from millennial.atomic import write_json, write_text
+from millennial.base import PROVENANCE_FILE
 
 ARM_ORDER = ("base", "phase1", "phase2", "lora", "llama_pro")
 ARM_LABELS = {"base": "base", "phase1": "TRM phase 1", "phase2": "TRM phase 2",
@@ -499,9 +500,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def read_provenance(base_dir: Path, validation: Path, receipt: Path, params: dict[str, Any],
                     documents: Path) -> Provenance:
     """Gather what the card and summary cite; a missing base provenance is an error."""
-    base = _read_json(base_dir / "provenance.json")
+    base = _read_json(base_dir / PROVENANCE_FILE)
     if base is None:
-        raise FileNotFoundError(f"{base_dir}/provenance.json: not found; run prepare_base")
+        raise FileNotFoundError(f"{base_dir / PROVENANCE_FILE}: not found; run prepare_base")
     train = documents / "train.parquet"
     sources = (sorted(set(pq.read_table(train, columns=["source"]).column("source").to_pylist()))
                if train.is_file() else [])

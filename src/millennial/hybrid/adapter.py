@@ -63,6 +63,7 @@ def base_mismatch(recorded: dict[str, Any], model: nn.Module, source: Path) -> s
 
 
 LORA_BASE_FILE = "base.json"  # beside a PEFT adapter: the base it was trained on
+PHASE2_SKIPPED_FILE = "skipped.json"  # a phase-2 directory whose training was switched off
 
 
 def save_lora(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor],
