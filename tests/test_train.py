@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -481,3 +482,72 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie (exited, not yet reaped) is gone too
         return stat.read().split()[2] != "Z"
+
+
+KILL_DVC_YAML = """\
+stages:
+  train_phase1:
+    cmd: python -m stages.train_phase1
+    deps: [data/curated/packed, params.yaml]
+    outs: [models/phase1/trm.safetensors, models/phase1/trm_config.json]
+    metrics:
+      - metrics/train_phase1.json:
+          cache: false
+          persist: true
+"""
+
+
+def test_killing_dvc_stops_its_stage_and_a_rerun_completes_alone(
+        tmp_path: Path, workspace: Path) -> None:
+    """The orphan a killed `dvc repro` used to leave trained on beside the rerun (both writing
+    one run directory; DVC then committed a truncated loss.tsv): now it dies with dvc."""
+    steps = 40
+    root = _stage_workspace(tmp_path / "dvc", workspace,
+                            {"max_steps": steps, "checkpoint_every": 3, "keep_checkpoints": 2})
+    os.unlink(root / "data")
+    shutil.copytree(workspace / "data", root / "data")
+    (root / "dvc.yaml").write_text(KILL_DVC_YAML)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
+    parent = subprocess.Popen([*dvc, "repro"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    checkpoint = root / "runs/train_phase1/checkpoints/step-000006"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert parent.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.05)
+    parent.kill()  # dvc alone, as a lost terminal or an OOM kill would
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _processes_in(root):  # the stage, orphaned
+        assert time.monotonic() < deadline, "the stage outlived dvc by 20 s"
+        time.sleep(0.1)
+    with (root / "runs/train_phase1/trainer.lock").open("a") as lock:  # and its lock is free
+        while True:  # (a dying process's files close a moment after its /proc entry goes)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the stage's lock outlived dvc by 20 s"
+                time.sleep(0.1)
+    assert not (root / "models/phase1/trm.safetensors").exists()  # it did not finish alone
+    rerun = subprocess.run([*dvc, "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming from" in rerun.stdout + rerun.stderr
+    rows = (root / "dvclive/train_phase1/plots/metrics/loss.tsv").read_text().splitlines()
+    assert len(rows) == 1 + steps  # header + one row per step: nothing lost, nothing twice
+    assert json.loads((root / "metrics/train_phase1.json").read_text())["steps"] == steps
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is `directory` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == directory and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+    return found
