@@ -33,6 +33,8 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.states import State
 
 from millennial.cost.meter import failure_path
+from millennial.cost.planner import GIB
+from millennial.cost.record import CostRecord, ratio
 from millennial.dag import stage_order
 from millennial.lineage import LineageError, lineage, render_markdown
 
@@ -181,40 +183,54 @@ def workspace_limit(root: Path) -> str:
     return name
 
 
-def _read_cost(root: Path, stage: str, failed: bool = False) -> dict[str, Any]:
+def _read_cost(root: Path, stage: str, failed: bool = False) -> CostRecord | str:
+    """The stage's cost record, or why there is none to show."""
     name, directory = stage.rsplit(":", 1)[-1], root / "metrics" / "cost"
     path = failure_path(directory, name) if failed else directory / f"{name}.json"
     if not path.is_file():
-        return {"status": "no cost record"}
+        return "no cost record"
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {"status": f"unreadable: {path.name}"}
-    return record if isinstance(record, dict) else {"status": f"unreadable: {path.name}"}
+        return CostRecord.read(path)
+    except ValueError as err:
+        return f"unreadable: {err}"
 
 
 def publish_costs(root: Path, stages: Sequence[str], ran: Sequence[str],
                   failed: str | None = None) -> None:
-    """The `stage-costs` table: one row per stage so far; each call is a new version."""
+    """The `stage-costs` table: one row per stage so far, measured beside the planner's
+    prediction where the stage made one; each call is a new version."""
     rows = []
     for stage in stages:
         record = _read_cost(root, stage, failed=stage == failed)
         this_run = ("failed" if stage == failed else "ran" if stage in ran
                     else "up to date (cost of its last run)")
+        if isinstance(record, str):
+            rows.append({"stage": stage, "this_run": this_run, "status": record})
+            continue
+        plan = record.planned
         rows.append({
             "stage": stage,
             "this_run": this_run,
-            "status": record.get("status"),
-            "usd": record.get("usd"),
-            "wall_seconds": record.get("wall_seconds"),
-            "energy_kwh": record.get("energy_kwh"),
-            "energy_method": record.get("energy_method"),
-            "device": (f"{record.get('device_count')} x {record['device_kind']}"
-                       if record.get("device_kind") else None),
-            "started_at": record.get("started_at"),
+            "status": record.status,
+            "usd": record.usd,
+            "wall_seconds": record.wall_seconds,
+            "planned_wall_seconds": plan.wall_seconds if plan else None,
+            "wall_measured_over_planned": ratio(record.wall_seconds,
+                                                plan.wall_seconds if plan else None),
+            "flops": record.flops,
+            "planned_flops": plan.flops if plan else None,
+            "memory_gib": (record.stage_memory_bytes / GIB
+                           if record.stage_memory_bytes is not None else None),
+            "planned_memory_gib": (plan.peak_memory_bytes / GIB
+                                   if plan and plan.peak_memory_bytes is not None else None),
+            "energy_kwh": record.energy_kwh,
+            "energy_method": record.energy_method,
+            "device": f"{record.device_count} x {record.device_kind}",
+            "started_at": record.started_at,
         })
     create_table_artifact(table=rows, key=COSTS_KEY,
-                          description="Per-stage cost from `metrics/cost/{stage}.json`")
+                          description="Per-stage cost from `metrics/cost/{stage}.json`, beside "
+                                      "the planner's prediction")
 
 
 def _read_cost_totals(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from transformers import AutoConfig
 
 from millennial.atomic import write_json
 from millennial.cost.meter import Meter
+from millennial.cost.record import WorkLog
 from millennial.errors import run_reporting
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.injection import resolve_config
@@ -25,12 +26,13 @@ BASE = Path("models/base")  # what prepare_base wrote: every training stage's ba
 
 def run_stage(
     stage: str, argv: Sequence[str] | None,
-    body: Callable[[dict[str, Any], Path], dict[str, Any]],
+    body: Callable[[dict[str, Any], Path, WorkLog | None], dict[str, Any]],
 ) -> int:
     """Load params, run `body` inside the cost meter, write `metrics/<stage>.json`.
 
-    `body` returns the stage's metrics; its `tokens_this_run` and `flops` feed the meter. Under a
-    multi-process launch only rank 0 meters and writes (the others would race for the files).
+    `body(params, source, meter)` tells the meter its plan before its work and returns the
+    stage's metrics; their `tokens_this_run` and `flops` feed the meter. Under a multi-process
+    launch only rank 0 meters (`meter` is None elsewhere) and writes: the others would race.
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -40,7 +42,7 @@ def run_stage(
     def work() -> int:
         params = load_params(args.params)
         with Meter(stage, params_path=args.params) if main_process else nullcontext() as meter:
-            metrics = body(params, args.params)
+            metrics = body(params, args.params, meter)
             if meter is not None:
                 meter.add(tokens=metrics.get("tokens_this_run", 0),
                           flops=metrics.get("flops", 0.0))

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     def work() -> int:
-        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir) as meter:
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir,
+                   unmodelled="data curation") as meter:
             result = curate_from_params(args.params, args.out, args.metrics, args.card)
             meter.add(tokens=result.metrics["tokens"]["total"])
         splits = result.manifest["splits"]

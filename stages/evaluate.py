@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = EvalConfig.from_params(section(params, "evaluate", args.params), str(args.params))
         provenance = read_provenance(Path("models/base"), VALIDATION, RECEIPT, params,
                                      DOCUMENTS)
-        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir,
+                   unmodelled="comparing the arms' scores"):
             evaluations = read_arms(SUMMARIES, EXAMPLES)
             training = {name: training_record(name, METRICS) for name in evaluations}
             result = compare(evaluations, training, config.seed)

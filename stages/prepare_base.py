@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     def work() -> int:
-        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir,
+                   unmodelled="copying the base"):
             prepare_base_from_params(args.params, args.out)
         return 0
 

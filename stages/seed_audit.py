@@ -20,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        with Meter(STAGE, params_path=args.params):
+        with Meter(STAGE, params_path=args.params,
+                   unmodelled="arithmetic on the seed document"):
             write_seed_audit(args.out)
         return 0
 

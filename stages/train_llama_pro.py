@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from millennial.cost.record import WorkLog
 from millennial.params import section
 from millennial.train.arms import run_llama_pro
 from millennial.train.config import TrainConfig
@@ -21,10 +22,11 @@ STAGE = "train_llama_pro"
 PATHS = training_paths(STAGE, "models/llama_pro")
 
 
-def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+def body(params: dict[str, Any], source: Path, work: WorkLog | None) -> dict[str, Any]:
     settings = LlamaProSettings.from_params(params.get("llama_pro"), source)
     config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
-    return run_llama_pro(PATHS, trm_config(params, source), settings, config)
+    return run_llama_pro(PATHS, trm_config(params, source), settings, config, work=work,
+                         where=source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

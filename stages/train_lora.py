@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from millennial.cost.record import WorkLog
 from millennial.params import section
 from millennial.train.arms import run_lora
 from millennial.train.config import TrainConfig
@@ -20,10 +21,10 @@ STAGE = "train_lora"
 PATHS = training_paths(STAGE, "models/lora")
 
 
-def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+def body(params: dict[str, Any], source: Path, work: WorkLog | None) -> dict[str, Any]:
     settings = LoraSettings.from_params(params.get("lora"), source)
     config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
-    return run_lora(PATHS, trm_config(params, source), settings, config)
+    return run_lora(PATHS, trm_config(params, source), settings, config, work=work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

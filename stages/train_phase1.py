@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from millennial.cost.record import WorkLog
 from millennial.params import section
 from millennial.train.arms import run_phase1
 from millennial.train.config import TrainConfig
@@ -16,10 +17,11 @@ STAGE = "train_phase1"
 PATHS = training_paths(STAGE, "models/phase1")
 
 
-def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+def body(params: dict[str, Any], source: Path, work: WorkLog | None) -> dict[str, Any]:
     settings = Phase1Settings.from_params(params.get("phase1"), source)
     return run_phase1(PATHS, trm_config(params, source), settings,
-                      TrainConfig.from_params(section(params, "train", source), f"{source}:train"))
+                      TrainConfig.from_params(section(params, "train", source), f"{source}:train"),
+                      work=work)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

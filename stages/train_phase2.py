@@ -14,6 +14,7 @@ from typing import Any
 
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.meter import write_skipped
+from millennial.cost.record import WorkLog
 from millennial.errors import run_reporting
 from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE
 from millennial.params import load_params, section
@@ -27,10 +28,10 @@ PHASE1 = Path("models/phase1")
 PATHS = training_paths(STAGE, "models/phase2")
 
 
-def body(params: dict[str, Any], source: Path) -> dict[str, Any]:
+def body(params: dict[str, Any], source: Path, work: WorkLog | None) -> dict[str, Any]:
     phase2 = Phase2Config.from_params(params.get("phase2"), source)
     config = TrainConfig.from_params(section(params, "train", source), f"{source}:train")
-    return run_phase2(PATHS, PHASE1, phase2, config)
+    return run_phase2(PATHS, PHASE1, phase2, config, work=work)
 
 
 def skip(reason: str) -> None:

@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir):
+        with Meter(STAGE, params_path=args.params, out_dir=args.cost_dir,
+                   unmodelled="data validation"):
             report = validate_from_params(args.params, args.documents, args.packed, args.metrics,
                                           args.receipt, args.docs)
         print(report.summary(), file=sys.stderr)

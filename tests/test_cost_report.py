@@ -2,6 +2,7 @@
 planner's."""
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -9,18 +10,22 @@ import pytest
 from millennial.cli import main
 from millennial.cost.hardware import GPUS
 from millennial.cost.planner import project
+from millennial.cost.record import CostRecord, Planned
 from millennial.cost.report import aggregate, load_stage_records, parse_fleet, write_cost_report
 
 
 def record(stage: str, **overrides) -> dict:
-    base = {
-        "stage": stage, "status": "ok", "error": None, "wall_seconds": 10.0,
-        "cpu_seconds": 15.0, "cpu_core_hours": 20.0 / 3600, "device_kind": "cpu",
-        "device_count": 1, "device_hours": 10.0 / 3600, "gpu_hours": 0.0,
-        "energy_kwh": 1e-4, "energy_method": "codecarbon", "usd": 0.001, "co2e_kg": 4e-5,
-        "tokens": 1000, "flops": 1e12, "mfu": 0.05, "planned": None,
-    }
-    return {**base, **overrides}
+    base = replace(
+        CostRecord.skipped(stage, ""), status="ok", reason=None, wall_seconds=10.0,
+        cpu_seconds=15.0, cpu_core_hours=20.0 / 3600, device_kind="cpu", device_count=1,
+        device_hours=10.0 / 3600, gpu_hours=0.0, energy_kwh=1e-4, energy_method="codecarbon",
+        usd=0.001, co2e_kg=4e-5, tokens=1000, flops=1e12, mfu=0.05)
+    return {**base.to_json(), **overrides}
+
+
+PLAN = Planned(tokens=50_000, flops=2.5e13, mfu=0.3, mfu_source="given", wall_seconds=80.0,
+               peak_memory_bytes=2 * 2**30, memory_breakdown={"total": 2.0},
+               basis="training steps only")
 
 
 @pytest.fixture
@@ -30,7 +35,8 @@ def metrics(tmp_path: Path) -> Path:
     records = [
         record("prepare_base", flops=0.0, tokens=0, mfu=None),
         record("train_phase1", wall_seconds=100.0, energy_kwh=2e-3, usd=0.01, tokens=50_000,
-               flops=3e13, planned={"flops": 2.5e13, "tokens": 50_000, "wall_seconds": 80.0}),
+               flops=3e13, planned=asdict(PLAN), peak_memory_bytes=4 * 2**30,
+               start_memory_bytes=2**30),
         record("evaluate", status="failed", error="ValueError: bad eval set",
                device_kind="A100-80GB", device_count=2, device_hours=2 * 5.0 / 3600,
                gpu_hours=2 * 5.0 / 3600, energy_method="nvml", usd=None),
@@ -45,7 +51,7 @@ def test_totals_are_sums(metrics: Path) -> None:
     totals = aggregate(records)
     for key in ("wall_seconds", "cpu_seconds", "cpu_core_hours", "gpu_hours", "energy_kwh",
                 "co2e_kg", "flops"):
-        assert totals[key] == pytest.approx(sum(r[key] for r in records)), key
+        assert totals[key] == pytest.approx(sum(getattr(r, key) for r in records)), key
     assert totals["tokens"] == 51_000
     assert totals["usd"] == pytest.approx(0.011)
     assert totals["unpriced"] == ["evaluate"] and totals["failed"] == ["evaluate"]
@@ -63,7 +69,10 @@ def test_report_mentions_every_stage_and_projects_to_a_fleet(metrics: Path, tmp_
     for stage in ("prepare_base", "train_phase1", "evaluate"):
         assert f"| {stage} |" in text
     assert "ValueError: bad eval set" in text
-    assert "| train_phase1 | flops | 2.5e+13 | 3e+13 | 1.2 |" in text
+    assert "| train_phase1 | model FLOPs | 2.5e+13 | 3e+13 | 1.2 |" in text
+    assert "| train_phase1 | wall seconds | 80 | 100 | 1.25 |" in text
+    assert "| train_phase1 | peak memory GiB | 2 | 3 | 1.5 |" in text  # above the start RSS
+    assert "no prediction): evaluate, prepare_base" in text
     written = json.loads(json_out.read_text())
     expected = project(totals["flops"], GPUS["H100"], 8, 0.4)
     assert written["projection"]["wall_hours"] == pytest.approx(expected["wall_hours"])
@@ -90,7 +99,8 @@ def test_broken_inputs_are_named(metrics: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
         load_stage_records(metrics)
     (metrics / "broken.json").write_text(json.dumps({"stage": "broken"}))
-    with pytest.raises(ValueError, match=r"broken\.json: missing key\(s\) status"):
+    with pytest.raises(ValueError, match=r"broken\.json: not a cost record of this version: "
+                                         r"missing status"):
         load_stage_records(metrics)
     assert main(["cost", "--metrics-dir", str(tmp_path / "none")]) == 2
     assert "none: no such directory" in capsys.readouterr().err

@@ -246,6 +246,10 @@ def test_a_trained_trm_beats_the_base_and_every_output_is_written(evaluated: Pat
     for stage in ("evaluate_base", "evaluate_phase1", "evaluate_lora", "evaluate_llama_pro"):
         cost = json.loads((evaluated / f"metrics/cost/{stage}.json").read_text())
         assert cost["status"] == "ok" and cost["tokens"] > 0 and cost["flops"] > 0, stage
+        planned = cost["planned"]  # made before scoring: an upper bound on what ran
+        assert planned["tokens"] >= cost["tokens"] and planned["flops"] >= cost["flops"], stage
+        assert planned["tokens"] < 2 * cost["tokens"], stage  # and not a loose one
+        assert planned["wall_seconds"] > 0 and planned["peak_memory_bytes"] > 0, stage
     skipped = json.loads((evaluated / "metrics/cost/evaluate_phase2.json").read_text())
     assert skipped["status"] == "skipped"
 

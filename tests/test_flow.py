@@ -50,8 +50,13 @@ def write(path, text):
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text(text)
 print(f"fake {stage}: working", flush=True)
-cost = {"stage": stage, "status": "ok", "usd": 0.25, "wall_seconds": 1.5, "energy_kwh": 0.01,
-        "energy_method": "tdp-estimate", "device_kind": "cpu", "device_count": 1}
+from dataclasses import asdict, replace
+from millennial.cost.record import CostRecord, Planned
+plan = Planned(tokens=0, flops=0.0, mfu=0.3, mfu_source="x", wall_seconds=1.0,
+               peak_memory_bytes=None, memory_breakdown={}, basis="fake")
+cost = replace(CostRecord.skipped(stage, ""), status="ok", reason=None, usd=0.25,
+               wall_seconds=1.5, energy_kwh=0.01, energy_method="tdp-estimate",
+               device_count=1, planned=plan).to_json()
 if stage == "validate" and fake["fail"]:
     write("metrics/validation.json", json.dumps({"success": False}))
     write("metrics/cost/failed/validate.json", json.dumps({**cost, "status": "failed"}))
@@ -204,6 +209,8 @@ def test_flow_runs_dvc_stages_in_dvc_order_and_publishes_artifacts(
     costs = json.loads(latest_artifact(flow_run_id, flows.COSTS_KEY).data)
     assert [row["stage"] for row in costs] == ORDER
     assert all(row["usd"] == 0.25 and row["this_run"] == "ran" for row in costs)
+    assert all(row["planned_wall_seconds"] == 1.0 and row["wall_measured_over_planned"] == 1.5
+               for row in costs)
     summary = latest_artifact(flow_run_id, flows.SUMMARY_KEY).data
     assert "fake accuracy 0.5" in summary and "| usd | 0.75 |" in summary
     assert "## Lineage of models/phase1" in summary

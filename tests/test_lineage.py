@@ -24,10 +24,13 @@ def write(path, text):
 if stage == "card":
     write("models/phase1/README.md", "card for " + open("models/phase1/adapter.txt").read())
     sys.exit()
-write(f"metrics/cost/{stage}.json", json.dumps({
-    "stage": stage, "status": "ok", "usd": COSTS[stage], "wall_seconds": 2.5,
-    "energy_kwh": 0.125, "energy_method": "tdp-estimate", "co2e_kg": 0.05, "gpu_hours": 0.0,
-    "device_kind": "cpu", "device_count": 1, "started_at": "2026-01-01T00:00:00+00:00"}))
+from dataclasses import replace
+from millennial.cost.record import CostRecord
+pathlib.Path("metrics/cost").mkdir(parents=True, exist_ok=True)
+replace(CostRecord.skipped(stage, ""), status="ok", reason=None, usd=COSTS[stage],
+        wall_seconds=2.5, energy_kwh=0.125, energy_method="tdp-estimate", co2e_kg=0.05,
+        device_count=1, started_at="2026-01-01T00:00:00+00:00",
+        ).write(f"metrics/cost/{stage}.json")
 if stage == "curate":
     text = open("raw/docs.txt").read()
     write("data/curated/docs.txt", text[: params["curate"]["max_chars"]])

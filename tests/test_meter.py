@@ -1,6 +1,7 @@
 """The stage meter: complete records on success and failure, labelled energy, MFU, prices."""
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -18,23 +19,18 @@ from millennial.cost.meter import (
     load_cost_params,
     meter,
 )
+from millennial.cost.record import CostRecord, PlannedWork
 from millennial.params import ParamsError
 
-RECORD_KEYS = {
-    "stage", "status", "error", "started_at", "finished_at", "host", "wall_seconds", "cpu_seconds",
-    "cpu_cores", "cpu_core_hours", "device_kind", "device_name", "device_count",
-    "device_hours", "gpu_hours", "energy_kwh", "energy_method", "energy_detail",
-    "energy_methods_skipped", "pue", "grid_kg_co2e_per_kwh", "co2e_kg", "usd_per_device_hour",
-    "usd_billing", "price_source", "usd", "tokens", "flops", "achieved_flops_per_s",
-    "peak_flops_per_s", "peak_source", "mfu", "planned",
-}
+RECORD_KEYS = {f.name for f in fields(CostRecord)}
 
 
 @pytest.fixture
 def params(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text("cost:\n  usd_per_device_hour: {cpu: 0.1, H100: 2.0}\n"
-                    "  grid_kg_co2e_per_kwh: 0.5\n  country_iso_code: FRA\n")
+                    "  grid_kg_co2e_per_kwh: 0.5\n  country_iso_code: FRA\n"
+                    "  planned_mfu: {cpu: 0.5}\n")
     return path
 
 
@@ -63,7 +59,8 @@ def test_success_writes_a_complete_record(tmp_path: Path, params: Path, fake_pea
         sum(i * i for i in range(200_000))
         m.add(tokens=100, flops=2e8)
         m.add(tokens=28, flops=0.5e8)
-        m.set_planned({"flops": 2.5e8, "tokens": 128})
+        m.plan(PlannedWork(tokens=128, flops=2.5e8, peak_memory_bytes=1e6,
+                           memory_breakdown={"total": 1e6 / 2**30}, basis="test"))
     record = read(out / "train_phase1.json")
     assert set(record) == RECORD_KEYS
     assert record["status"] == "ok" and record["error"] is None
@@ -77,8 +74,16 @@ def test_success_writes_a_complete_record(tmp_path: Path, params: Path, fake_pea
     assert record["energy_method"] == "tdp-estimate" and "estimate" in record["energy_detail"]
     assert record["co2e_kg"] == pytest.approx(record["energy_kwh"] * 0.5)
     assert record["mfu"] == pytest.approx(2.5e8 / record["wall_seconds"] / 1e10)
-    assert record["planned"] == {"flops": 2.5e8, "tokens": 128}
-    assert m.record == record
+    planned = record["planned"]
+    assert planned["flops"] == 2.5e8 and planned["tokens"] == 128
+    assert planned["mfu"] == 0.5 and "planned_mfu" in planned["mfu_source"]
+    assert planned["wall_seconds"] == pytest.approx(2.5e8 / (1e10 * 0.5))
+    assert planned["peak_memory_bytes"] == 1e6 and planned["basis"] == "test"
+    # memory is measured: the peak RSS, above the RSS the stage started from
+    assert record["peak_memory_bytes"] >= record["start_memory_bytes"] > 0
+    assert "ru_maxrss" in record["memory_method"]
+    assert m.record is not None and m.record.to_json() == record
+    assert CostRecord.read(out / "train_phase1.json") == m.record
 
 
 def test_failure_is_recorded_and_re_raised(tmp_path: Path, params: Path) -> None:
@@ -183,10 +188,10 @@ def test_mfu_and_gpu_hours_from_supplied_flops() -> None:
         tokens=1000, flops=2 * 989e12 * 3600 * 0.25, peak_flops=2 * 989e12,
         peak_source="table", planned=None,
     )
-    assert record["mfu"] == pytest.approx(0.25)
-    assert record["gpu_hours"] == record["device_hours"] == pytest.approx(2.0)
-    assert record["usd"] == pytest.approx(4.0)
-    assert record["co2e_kg"] == pytest.approx(0.3)
+    assert record.mfu == pytest.approx(0.25)
+    assert record.gpu_hours == record.device_hours == pytest.approx(2.0)
+    assert record.usd == pytest.approx(4.0)
+    assert record.co2e_kg == pytest.approx(0.3)
 
 
 def test_cpu_peak_probe_is_cached(tmp_path: Path, fake_peak: list[int]) -> None:

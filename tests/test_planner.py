@@ -15,6 +15,7 @@ from millennial.cli import main
 from millennial.cost.cli import parse_layers, parse_quantity
 from millennial.cost.hardware import GPUS, get_device
 from millennial.cost.planner import (
+    Calibration,
     Trainable,
     base_parameters,
     default_mfu,
@@ -242,27 +243,42 @@ def test_memory_of_an_85b_full_fine_tune() -> None:
     memory = memory_per_gpu(frozen_params=0, trainable_params=85_000_000_000,
                             activation_bytes_per_token=0, micro_batch_tokens=1, gpus=1,
                             sharding="fsdp")
-    assert memory["total"] == pytest.approx(1360.0)  # GB: 16 bytes per trainable parameter
-    assert min_gpus(frozen_params=0, trainable_params=85_000_000_000, activation_gb=0,
-                    memory_gb=80, sharding="fsdp") == 17
-    assert min_gpus(frozen_params=0, trainable_params=85_000_000_000, activation_gb=0,
-                    memory_gb=80, sharding="ddp") is None
+    # GiB: 16 bytes per trainable parameter, 8 of AdamW temporaries, 1 GiB of CUDA context
+    assert memory["trainable_weights_grads_adamw"] == pytest.approx(85e9 * 16 / 2**30)
+    assert memory["adamw_temporaries"] == pytest.approx(85e9 * 8 / 2**30)
+    assert memory["cuda_context"] == 1.0 and memory["communication_buffers"] == 0
+    assert memory["total"] == pytest.approx(85e9 * 24 / 2**30 + 1)
+    sizes = dict(frozen_params=0, trainable_params=85_000_000_000, activation_bytes_per_token=0,
+                 micro_batch_tokens=1, memory_gib=80)
+    # 85e9 x 24 B / g + 1 GiB <= 80 GiB  ->  g >= 24.05
+    assert min_gpus(sharding="fsdp", **sizes) == 25
+    assert min_gpus(sharding="ddp", **sizes) is None
 
 
 def test_memory_frozen_weights_and_sharding() -> None:
-    ddp = memory_per_gpu(frozen_params=70_000_000_000, trainable_params=1_000_000_000,
-                         activation_bytes_per_token=1e6, micro_batch_tokens=4096, gpus=8,
-                         sharding="ddp")
-    fsdp = memory_per_gpu(frozen_params=70_000_000_000, trainable_params=1_000_000_000,
-                          activation_bytes_per_token=1e6, micro_batch_tokens=4096, gpus=8,
-                          sharding="fsdp")
-    assert ddp["frozen_weights"] == pytest.approx(140.0)
-    assert ddp["trainable_weights_grads_adamw"] == pytest.approx(16.0)
-    assert fsdp["frozen_weights"] == pytest.approx(17.5)
-    assert fsdp["activations"] == ddp["activations"] == pytest.approx(4.096)
-    # 140 + 16 = 156 GB of states; 80 - 4.096 GB of room per GPU -> 3 GPUs
-    assert min_gpus(frozen_params=70_000_000_000, trainable_params=1_000_000_000,
-                    activation_gb=4.096, memory_gb=80, sharding="fsdp") == 3
+    sizes = dict(frozen_params=70_000_000_000, trainable_params=1_000_000_000,
+                 activation_bytes_per_token=1e6, micro_batch_tokens=4096, gpus=8,
+                 layer_params=800_000_000)
+    ddp = memory_per_gpu(sharding="ddp", **sizes)
+    fsdp = memory_per_gpu(sharding="fsdp", **sizes)
+    assert ddp["frozen_weights"] == pytest.approx(140e9 / 2**30)
+    assert ddp["trainable_weights_grads_adamw"] == pytest.approx(16e9 / 2**30)
+    assert ddp["communication_buffers"] == pytest.approx(2e9 / 2**30)  # bf16 gradient buckets
+    assert fsdp["frozen_weights"] == pytest.approx(17.5e9 / 2**30)
+    # two unsharded layers (bf16) and one layer's gradient
+    assert fsdp["communication_buffers"] == pytest.approx((2 * 0.8e9 * 2 + 0.8e9 * 2) / 2**30)
+    assert fsdp["activations"] == ddp["activations"] == pytest.approx(4.096e9 / 2**30)
+    del sizes["gpus"]
+    fewest = min_gpus(memory_gib=80, sharding="fsdp", **sizes)
+    assert fewest is not None
+    assert memory_per_gpu(gpus=fewest, sharding="fsdp", **sizes)["total"] <= 80
+    assert memory_per_gpu(gpus=fewest - 1, sharding="fsdp", **sizes)["total"] > 80
+
+
+def test_cpu_plans_have_no_cuda_context() -> None:
+    cpu = memory_per_gpu(frozen_params=10, trainable_params=10, activation_bytes_per_token=0,
+                         micro_batch_tokens=1, gpus=1, sharding="ddp", device_is_gpu=False)
+    assert cpu["cuda_context"] == 0
 
 
 def test_time_money_energy_by_hand() -> None:
@@ -291,14 +307,79 @@ def test_plan_scratch_defaults_to_chinchilla_and_budget_inverts() -> None:
         plan(shape, phase="lora", lora_rank=8, device=GPUS["H100"])
 
 
-def test_calibration_reads_the_metered_mfu(tmp_path) -> None:
+def _calibration_record(path, **changes) -> None:
+    from dataclasses import replace as swap
+
+    from millennial.cost.record import CostRecord, Planned
+
+    plan_fields = dict(tokens=1, flops=1.0, mfu=0.3, mfu_source="x", wall_seconds=1.0,
+                       peak_memory_bytes=None, memory_breakdown={}, basis="x",
+                       precision="bf16", sharding="fsdp")
+    plan_fields.update(changes.pop("planned", {}))
+    record = swap(CostRecord.skipped("train_phase1", ""), status="ok", reason=None, mfu=0.12,
+                  device_kind="A100-80GB", device_count=8, planned=Planned(**plan_fields))
+    swap(record, **changes).write(path)
+
+
+def test_calibration_knows_what_it_transfers(tmp_path) -> None:
     good = tmp_path / "train.json"
-    good.write_text(json.dumps({"mfu": 0.12}))
-    assert mfu_from_calibration(good) == 0.12
+    _calibration_record(good)
+    same = dict(device="A100-80GB", gpus=8, precision="bf16", sharding="fsdp")
+    assert mfu_from_calibration(good, **same) == Calibration(0.12, [])
+    cpu = tmp_path / "cpu.json"
+    _calibration_record(cpu, device_kind="cpu", device_count=1, planned={"precision": "fp32",
+                                                                           "sharding": "ddp"})
+    mismatches = mfu_from_calibration(cpu, **same).mismatches
+    assert mismatches == ["device cpu vs the plan's A100-80GB", "1 device(s) vs the plan's 8",
+                          "precision fp32 vs the plan's bf16", "sharding ddp vs the plan's fsdp"]
+    failed = tmp_path / "failed.json"
+    _calibration_record(failed, status="failed", error="RuntimeError: x")
+    with pytest.raises(ValueError, match=r"failed\.json: a failed run cannot calibrate"):
+        mfu_from_calibration(failed, **same)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"mfu": None}))
+    _calibration_record(bad, mfu=None)
     with pytest.raises(ValueError, match=r"bad\.json: key 'mfu'"):
-        mfu_from_calibration(bad)
+        mfu_from_calibration(bad, **same)
+
+
+def test_cli_refuses_a_calibration_from_elsewhere_unless_told(tmp_path, capsys) -> None:
+    cpu = tmp_path / "cpu.json"
+    _calibration_record(cpu, device_kind="cpu", device_count=1, planned={"precision": "fp32"})
+    base = ["plan", "--base", "llama-2-7b", "--tokens", "1e9", "--calibrate", str(cpu), "--json"]
+    assert main(base) == 2
+    assert "device cpu vs the plan's A100-80GB" in capsys.readouterr().err
+    assert main([*base, "--allow-calibration-mismatch"]) == 0
+    out = capsys.readouterr()
+    assert "warning:" in out.err and json.loads(out.out)["mfu"] == 0.12
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--usd-per-gpu-hour", "-1"], "--usd-per-gpu-hour"),
+    (["--pue", "0.5"], "--pue"),
+    (["--grid-kg-per-kwh", "-0.1"], "--grid-kg-per-kwh"),
+    (["--mfu", "0"], "--mfu"),
+    (["--mfu", "nan"], "--mfu"),
+    (["--gpus", "0"], "--gpus"),
+    (["--tokens", "1e400"], "--tokens"),
+])
+def test_cli_refuses_bad_numbers(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "--base", "llama-2-7b", "--tokens", "1e9", *args]
+             if "--tokens" not in args else ["plan", "--base", "llama-2-7b", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_partial_and_unknown_configs(tmp_path, capsys) -> None:
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    assert main(["plan", "--base", str(partial), "--tokens", "1e9"]) == 2
+    err = capsys.readouterr().err
+    assert "partial.json: missing num_hidden_layers" in err and "defaults" in err
+    unknown = tmp_path / "config.json"
+    unknown.write_text(json.dumps({"model_type": "mixtral", "hidden_size": 4096}))
+    assert main(["plan", "--base", str(tmp_path), "--tokens", "1e9"]) == 2
+    assert "'mixtral' is not supported" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- CLI
@@ -316,8 +397,9 @@ def test_cli_phase1_json_has_every_field(capsys) -> None:
                    "--grad-checkpointing")
     for key in ("base_params", "trm_params", "trainable_params", "flops_per_token",
                 "flops_per_token_breakdown", "tokens", "total_flops", "gpu", "gpus", "mfu",
-                "gpu_hours", "wall_hours", "usd", "energy_kwh", "co2e_kg", "memory_per_gpu_gb",
-                "memory_breakdown_gb", "fits", "min_gpus", "assumptions"):
+                "gpu_hours", "wall_hours", "usd", "energy_kwh", "co2e_kg", "memory_per_gpu_gib",
+                "memory_breakdown_gib", "activation_bytes_per_token", "precision",
+                "fits", "min_gpus", "assumptions"):
         assert key in out, key
     assert out["trm_params"] == 15_033_106_432
     assert out["base_params"] == PUBLISHED_PARAMETERS["llama-2-70b"]
@@ -392,3 +474,20 @@ def test_families_the_planner_does_not_model_are_refused_by_name(family: str) ->
     with pytest.raises(ValueError, match=f"model_type '{family}' is not supported; supported: "
                                          "llama, mistral, qwen2, qwen3, granite, olmo2, phi3"):
         model_shape(config)
+
+
+def test_hardware_table_has_variants_at_their_own_peaks() -> None:
+    from millennial.cost.hardware import gpu_kind_from_nvml_name
+
+    assert GPUS["H100-PCIe"].peak_flops < GPUS["H100-NVL"].peak_flops < GPUS["H100"].peak_flops
+    assert GPUS["A100-80GB-PCIe"].tdp_w < GPUS["A100-80GB"].tdp_w
+    for name in ("H800", "B200", "MI300X", "H200-NVL", "A100-40GB-PCIe"):
+        assert name in GPUS
+    assert GPUS["MI300X"].memory_gib == 192.0 and GPUS["B200"].peak_flops == 2.25e15
+    names = {"NVIDIA A100-SXM4-80GB": "A100-80GB", "NVIDIA A100 80GB PCIe": "A100-80GB-PCIe",
+             "NVIDIA A100-PCIE-40GB": "A100-40GB-PCIe", "NVIDIA H100 PCIe": "H100-PCIe",
+             "NVIDIA H100 NVL": "H100-NVL", "NVIDIA H100 80GB HBM3": "H100",
+             "NVIDIA H800": "H800", "NVIDIA H200": "H200", "NVIDIA H200 NVL": "H200-NVL",
+             "NVIDIA B200": "B200", "NVIDIA L40S": "L40S", "Tesla V100": None}
+    for nvml, key in names.items():
+        assert gpu_kind_from_nvml_name(nvml) == key, nvml

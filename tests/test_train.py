@@ -26,10 +26,11 @@ from millennial.base import load_base, prepare_base
 from millennial.data import Record, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
+from millennial.fingerprint import tree_sha256
 from millennial.heldout import as_record
 from millennial.hybrid import TRMConfig, load_trm
 from millennial.hybrid.adapter import BaseIdentityError, load_hybrid, load_lora
-from millennial.receipt import RECEIPT, tree_sha256, write_receipt
+from millennial.receipt import RECEIPT, write_receipt
 from millennial.train.arms import (
     Paths,
     run_lora,
@@ -501,7 +502,7 @@ def test_killing_dvc_stops_its_stage_and_a_rerun_completes_alone(
         tmp_path: Path, workspace: Path) -> None:
     """The orphan a killed `dvc repro` used to leave trained on beside the rerun (both writing
     one run directory; DVC then committed a truncated loss.tsv): now it dies with dvc."""
-    steps = 40
+    steps = 300  # a tiny model trains ~30 steps a second: time for the watcher to act
     root = _stage_workspace(tmp_path / "dvc", workspace,
                             {"max_steps": steps, "checkpoint_every": 3, "keep_checkpoints": 2})
     os.unlink(root / "data")

@@ -15,8 +15,9 @@ import yaml
 from millennial.base import byte_level_tokenizer
 from millennial.data import DataError
 from millennial.data.curate import curate, parse_config
+from millennial.fingerprint import tree_sha256
 from millennial.params import ParamsError
-from millennial.receipt import RECEIPT, require_validated, tree_sha256, write_receipt
+from millennial.receipt import RECEIPT, require_validated, write_receipt
 from millennial.validate import (
     DocumentGate,
     ValidateConfig,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -61,3 +62,20 @@ def dtype_sha256s(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
             digests[dtype_name(dtype)] = tensors_sha256(
                 {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()})
     return digests
+
+
+def tree_sha256(directory: str | Path, pattern: str = "*") -> str:
+    """sha256 over the names and bytes of every file under `directory` matching `pattern`,
+    in sorted order."""
+    digest = hashlib.sha256()
+    directory = Path(directory)
+    for path in sorted(p for p in directory.rglob(pattern) if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_sha256() -> str:
+    """The library's source (every .py file of `millennial`): part of a training run's identity,
+    so a code change trains afresh instead of resuming another code's checkpoints."""
+    return tree_sha256(Path(__file__).parent, "*.py")

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from millennial.cost.record import CostRecord
 from millennial.errors import UserError
 
 LOCK_FILE = "dvc.lock"
@@ -109,9 +110,12 @@ def _cost(root: Path, stage: str, outs: list[dict[str, Any]]) -> dict[str, Any] 
     path = root / source
     if not path.is_file():
         return None
-    record = _read_json(path)
+    try:
+        record = CostRecord.read(path)
+    except ValueError as err:
+        raise LineageError(str(err)) from err
     locked = [out.get("md5") for out in outs if out["path"] == source]
-    return {"source": source, **{key: record.get(key) for key in COST_KEYS},
+    return {"source": source, **{key: getattr(record, key) for key in COST_KEYS},
             "matches_lock": _md5(path) == locked[0] if locked else None}
 
 

@@ -7,24 +7,14 @@ trains, however the stage was started (`dvc repro --single-item`, `python -m sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from millennial.atomic import write_json
 from millennial.data import DataError
+from millennial.fingerprint import tree_sha256
 
 RECEIPT = Path("data/validated/receipt.json")
-
-
-def tree_sha256(directory: str | Path) -> str:
-    """sha256 over the names and bytes of every file under `directory`, in sorted order."""
-    digest = hashlib.sha256()
-    directory = Path(directory)
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def write_receipt(path: str | Path, documents_sha256: str, packed_dir: str | Path,

@@ -35,8 +35,9 @@ from millennial.data import TASK_KIND, TEXT_KIND, DataError
 from millennial.data.clean import PII_PATTERNS
 from millennial.data.curate import DOCUMENT_SCHEMA
 from millennial.data.split import SPLITS
+from millennial.fingerprint import tree_sha256
 from millennial.params import Options, load_params, section
-from millennial.receipt import tree_sha256, write_receipt
+from millennial.receipt import write_receipt
 
 REQUIRED_COLUMNS = ("source", "kind", "text", "content_hash", "split", "n_tokens")
 COLUMN_TYPES = {field.name: "int32" if pa.types.is_int32(field.type) else "str"

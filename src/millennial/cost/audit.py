@@ -18,7 +18,8 @@ from millennial.cost.planner import (
     BYTES_PER_FROZEN_PARAM,
     BYTES_PER_TRAINABLE_PARAM,
     CHINCHILLA_TOKENS_PER_PARAM,
-    GB,
+    GIB,
+    MAX_GPUS,
     MFU_MULTI_GPU,
     Plan,
     model_shape,
@@ -114,8 +115,8 @@ def _hours(value: float) -> str:
     return f"{value:,.0f} GPU-h"
 
 
-def _gb(value: float) -> str:
-    return f"{value:,.0f} GB"
+def _gib(value: float) -> str:
+    return f"{value:,.0f} GiB"
 
 
 def _x(value: float) -> str:
@@ -156,22 +157,28 @@ class _Context:
         return tokens_for_gpu_hours(gpu_hours, p.flops_per_token, self.device, self.mfu)
 
 
-def _states_gb(p: Plan) -> float:
+def _states_gib(p: Plan) -> float:
     frozen = p.frozen_params * BYTES_PER_FROZEN_PARAM
-    return (frozen + p.trainable_params * BYTES_PER_TRAINABLE_PARAM) / GB
+    return (frozen + p.trainable_params * BYTES_PER_TRAINABLE_PARAM) / GIB
+
+
+def _fewest(p: Plan) -> str:
+    """The planner's fewest GPUs for the run (FSDP, one sequence each, headroom included)."""
+    return (str(p.min_gpus) if p.min_gpus is not None
+            else f"none: one sequence's activations exceed a GPU (checked up to {MAX_GPUS:,})")
 
 
 def _memory_rows(p: Plan, ctx: _Context, gpus: int) -> list[tuple[str, str, str]]:
-    states = _states_gb(p)
-    per_token = p.memory_breakdown_gb["activation_bytes_per_token"]["total"]
-    room = ctx.device.memory_gb - states / gpus
-    fit_tokens = max(0.0, room * GB / per_token)
+    states = _states_gib(p)
+    per_token = p.activation_bytes_per_token["total"]
+    room = ctx.device.memory_gib - states / gpus
+    fit_tokens = max(0.0, room * GIB / per_token)
     return [
-        ("weights + grads + AdamW (all GPUs)", "", _gb(states)),
+        ("weights + grads + AdamW (all GPUs)", "", _gib(states)),
         ("fewest GPUs for weights and optimizer alone", "",
-         f"{math.ceil(states / ctx.device.memory_gb)} x {ctx.device.name}"),
+         f"{math.ceil(states / ctx.device.memory_gib)} x {ctx.device.name}"),
         (f"activations, one {p.seq_len}-token sequence", "",
-         _gb(p.memory_breakdown_gb["activations"])),
+         _gib(p.memory_breakdown_gib["activations"])),
         (f"fewest GPUs with one {p.seq_len}-token sequence each", "",
          str(p.min_gpus) if p.min_gpus is not None else "none: activations exceed one GPU"),
         (f"activation room per GPU on {gpus} GPUs (FSDP)", "",
@@ -192,7 +199,7 @@ def audit_seed(
     table_price = GPUS[device_name].usd_per_hour
     audit = Audit(assumptions=[
         f"Device: {device.name}, {device.peak_flops / 1e12:.0f} TFLOP/s dense BF16, "
-        f"{device.memory_gb:g} GB, {device.tdp_w:g} W ({device.source}).",
+        f"{device.memory_gib:g} GiB, {device.tdp_w:g} W ({device.source}).",
         f"MFU {mfu:.2f} for every multi-GPU run (reference.md s3: 35-45% tuned multi-GPU); "
         "time = model FLOPs / (peak x MFU).",
         f"Price: the seed's own ${price:g}/GPU-hour unless stated; the planner's table "
@@ -269,7 +276,7 @@ def _hybrid_total(ctx: _Context) -> tuple[Section, list[str]]:
     p = ctx.run("llama-2-70b", "phase1", gpus, trm=TRM_15B, budget=gpu_hours)
     share = p.trm_params / p.base_params
     per_param = p.tokens / p.trm_params
-    ddp_gb = _states_gb(p)
+    ddp_gib = _states_gib(p)
     rows = [
         ("GPU-hours", f"{SEED['hybrid_gpu_hours']:,}",
          f"{gpu_hours:,} ({_check(SEED['hybrid_gpu_hours'], gpu_hours)})"),
@@ -281,7 +288,7 @@ def _hybrid_total(ctx: _Context) -> tuple[Section, list[str]]:
         ("phase-1 FLOPs per token", "", _count(p.flops_per_token)),
         ("tokens 8,064 GPU-hours buy (phase 1)", "", _count(p.tokens)),
         ("tokens per trained parameter", "", f"{per_param:.2f}"),
-        ("per-GPU memory under DDP (replicated)", "", _gb(ddp_gb)),
+        ("per-GPU memory under DDP (replicated)", "", _gib(ddp_gib)),
         *_memory_rows(p, ctx, gpus),
     ]
     contradictions = [
@@ -298,7 +305,7 @@ def _hybrid_total(ctx: _Context) -> tuple[Section, list[str]]:
         f"The arithmetic of {gpus} x 24 h x {days} days and x ${SEED['usd_per_hour']:g} is "
         f"{'right' if gpu_hours == SEED['hybrid_gpu_hours'] else 'wrong'}; what it buys is "
         "the question. The "
-        f"frozen 70B plus the 15B TRM's weights and AdamW state are {_gb(ddp_gb)}, so plain "
+        f"frozen 70B plus the 15B TRM's weights and AdamW state are {_gib(ddp_gib)}, so plain "
         f"DDP cannot run on any A100; only FSDP/ZeRO-3 sharding over {gpus} GPUs holds them.",
         *contradictions,
     ]
@@ -307,7 +314,7 @@ def _hybrid_total(ctx: _Context) -> tuple[Section, list[str]]:
             f"Activations are the binding limit: the TRM keeps {TRM_15B.grad_calls} "
             f"gradient-carrying calls x {TRM_15B.num_layers} layers x "
             f"{len(TRM_15B.injection_layers)} blocks of activations, "
-            f"{_gb(p.memory_breakdown_gb['activations'])} for one {ctx.seq_len}-token "
+            f"{_gib(p.memory_breakdown_gib['activations'])} for one {ctx.seq_len}-token "
             "sequence, more than one GPU holds. The recursion must itself be checkpointed."
         )
     return Section("2. MillennialAi overall: LLaMA-2-70B frozen + 15B TRM",
@@ -379,8 +386,8 @@ def _phase2(ctx: _Context) -> tuple[Section, list[str]]:
     p = ctx.run("llama-2-70b", "phase2", gpus, trm=TRM_15B, tokens=1e9)
     low_hours, high_hours = (usd / SEED["usd_per_hour"] for usd in SEED["phase2_usd"])
     low_tokens, high_tokens = (ctx.tokens(p, hours) for hours in (low_hours, high_hours))
-    states = _states_gb(p)
-    needed = math.ceil(states / ctx.device.memory_gb)
+    states = _states_gib(p)
+    needed = _fewest(p)
     claim = f"{_usd(SEED['phase2_usd'][0])} - {_usd(SEED['phase2_usd'][1])}"
     rows = [
         ("trainable parameters", "85B", f"{p.trainable_params:,}"),
@@ -392,8 +399,13 @@ def _phase2(ctx: _Context) -> tuple[Section, list[str]]:
     ]
     contradictions = [
         f"Phase 2 trains all {_count(p.trainable_params)} parameters: weights, gradients and "
-        f"AdamW state take {states / 1000:.2f} TB before activations, at least {needed} "
-        f"A100-80GB even fully sharded, so the stated 8-16 GPUs cannot run phase 2 at all.",
+        f"AdamW state take {states * GIB / 1e12:.2f} TB before activations"
+        + (f"; with one {p.seq_len}-token sequence and the planner's named headroom that is "
+           f"at least {needed} A100-80GB even fully sharded" if p.min_gpus is not None else
+           f", and one {p.seq_len}-token sequence's activations alone "
+           f"({_gib(p.memory_breakdown_gib['activations'])}: the TRM blocks sit outside "
+           "gradient checkpointing) exceed an A100-80GB however many share the states")
+        + ", so the stated 8-16 GPUs cannot run phase 2 at all.",
     ]
     findings = [
         *contradictions,
@@ -409,7 +421,7 @@ def _phase2(ctx: _Context) -> tuple[Section, list[str]]:
 
 def _scenarios(ctx: _Context, table_price: float) -> tuple[Section, list[str]]:
     p = ctx.run("llama-2-70b", "phase1", SEED["hybrid_gpus"], trm=TRM_15B, tokens=1e9)
-    fewest = p.min_gpus or math.ceil(_states_gb(p) / ctx.device.memory_gb)
+    fewest = p.min_gpus or math.ceil(_states_gib(p) / ctx.device.memory_gib)
     rows: list[tuple[str, str, str]] = []
     findings: list[str] = []
     for name, usd in SEED["scenario_usd"].items():
@@ -532,7 +544,7 @@ def _hardware_claims(ctx: _Context) -> tuple[Section, list[str]]:
     buy = SEED["gpu_buy_usd"]
     p = ctx.run("llama-2-70b", "phase1", SEED["hybrid_gpus"], trm=TRM_15B, tokens=1e9)
     p2 = ctx.run("llama-2-70b", "phase2", SEED["hybrid_gpus"], trm=TRM_15B, tokens=1e9)
-    frozen_gb = p.frozen_params * BYTES_PER_FROZEN_PARAM / GB
+    frozen_gib = p.frozen_params * BYTES_PER_FROZEN_PARAM / GIB
     server_share = 5_000_000 / (SEED["scratch_gpus"] * buy)
     rows = [
         ("16 GPUs to buy", _usd(SEED["hybrid_buy_usd"]),
@@ -540,20 +552,17 @@ def _hardware_claims(ctx: _Context) -> tuple[Section, list[str]]:
          f"{_usd(16 * buy * (1 + server_share))} with the scratch side's "
          f"+{_pct(server_share)} for servers and networking"),
         ("1,000 GPUs to buy", "$15,000,000", _usd(SEED["scratch_gpus"] * buy)),
-        ("frozen 70B weights alone (bf16)", "", _gb(frozen_gb)),
-        ("fewest A100-80GB for phase 1 weights+optimizer", "8",
-         str(math.ceil(_states_gb(p) / ctx.device.memory_gb))),
-        ("fewest A100-80GB for phase 2 weights+optimizer", "8-16",
-         str(math.ceil(_states_gb(p2) / ctx.device.memory_gb))),
+        ("frozen 70B weights alone (bf16)", "", _gib(frozen_gib)),
+        ("fewest A100-80GB for phase 1 (one sequence, headroom)", "8", _fewest(p)),
+        ("fewest A100-80GB for phase 2 (one sequence, headroom)", "8-16", _fewest(p2)),
         ("renting 16 GPUs for 21 days vs buying them", "",
          f"{_usd(SEED['hybrid_gpu_hours'] * SEED['usd_per_hour'])} vs {_usd(16 * buy)}"),
     ]
     contradictions = [
         "'Why so few GPUs? Only training 15B params' confuses trainable parameters with what "
-        f"the GPUs must hold and run: the frozen 70B still needs {_gb(frozen_gb)} of memory "
+        f"the GPUs must hold and run: the frozen 70B still needs {_gib(frozen_gib)} of memory "
         "and a forward plus a backward pass on every token; GPU count is set by memory "
-        "(phase 2 needs "
-        f"{math.ceil(_states_gb(p2) / ctx.device.memory_gb)}+) and by tokens per day.",
+        f"(phase 2: {_fewest(p2)}) and by tokens per day.",
         "The cost comparison puts the purchase price of 1,000 GPUs plus servers against the "
         "rental price of 16 GPUs: rent vs rent is "
         f"{_usd(SEED['scratch_usd'][0])} - {_usd(SEED['scratch_usd'][1])} vs "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -27,9 +28,24 @@ def parse_quantity(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"not a quantity: {text!r} (e.g. 3e9, 300B, 1.4T)")
     value = float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite quantity: {text!r}")
     return value
+
+
+def _number(low: float, high: float = math.inf, *, open_low: bool = False) -> Any:
+    """An argparse type: a finite float in [low, high] ((low, high] with `open_low`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+        below = value <= low if open_low else value < low
+        if not math.isfinite(value) or below or value > high:
+            bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {bounds}: {text!r}")
+        return value
+    return parse
 
 
 def parse_layers(text: str) -> tuple[int, ...]:
@@ -66,17 +82,30 @@ def load_base(spec: str) -> tuple[str, Any]:
         )
     from transformers import AutoConfig
 
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--base {path}: directory has no config.json")
-        return str(path), AutoConfig.from_pretrained(str(path))
+    from millennial.cost.planner import REQUIRED_CONFIG_KEYS
+
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"--base {path}: directory has no config.json")
     try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--base {path}: not valid JSON: {err}") from err
+        fields = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--base {file}: not valid JSON: {err}") from err
     if not isinstance(fields, dict) or "model_type" not in fields:
-        raise ValueError(f"--base {path}: a config.json needs a 'model_type' key")
-    model_type = fields.pop("model_type")
+        raise ValueError(f"--base {file}: a config.json needs a 'model_type' key")
+    model_type = fields["model_type"]
+    text = fields.get("text_config") if isinstance(fields.get("text_config"), dict) else fields
+    required = REQUIRED_CONFIG_KEYS.get(text.get("model_type", model_type))
+    if required is None:
+        raise ValueError(f"--base {file}: model_type {model_type!r} is not supported; "
+                         f"supported: {', '.join(REQUIRED_CONFIG_KEYS)}")
+    missing = [key for key in required if key not in text]
+    if missing:
+        raise ValueError(f"--base {file}: missing {', '.join(missing)} (a partial config would "
+                         "be filled with transformers' defaults and planned as another model)")
+    if path.is_dir():
+        return str(path), AutoConfig.from_pretrained(str(path))
+    fields.pop("model_type")
     return str(path), AutoConfig.for_model(model_type, **fields)
 
 
@@ -112,6 +141,16 @@ def trm_from_args(args: argparse.Namespace) -> TRMConfig:
         raise ValueError(f"TRM config{where}: {err}") from err
 
 
+MEMORY_LABELS = {
+    "frozen_weights": "frozen weights",
+    "trainable_weights_grads_adamw": "trainable weights+grads+AdamW",
+    "activations": "activations (one micro-batch)",
+    "adamw_temporaries": "AdamW foreach temporaries",
+    "communication_buffers": "FSDP/DDP communication buffers",
+    "cuda_context": "CUDA/NCCL context",
+}
+
+
 def _si(value: float, unit: str = "") -> str:
     prefixes = ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
                 (1e3, "k"))
@@ -124,7 +163,7 @@ def _si(value: float, unit: str = "") -> str:
 def format_plan(p: Plan) -> str:
     """The human-readable table `millennial plan` prints."""
     b = p.flops_per_token_breakdown
-    mem = p.memory_breakdown_gb
+    mem = p.memory_breakdown_gib
     lines = [
         f"base {p.base} | phase {p.phase} | seq {p.seq_len} | {p.gpus} x {p.gpu} ({p.sharding}"
         f"{', grad checkpointing' if p.grad_checkpointing else ''})",
@@ -155,11 +194,10 @@ def format_plan(p: Plan) -> str:
         f"cost            ${p.usd:,.0f} at ${p.usd_per_gpu_hour:g}/GPU-hour",
         f"energy          {p.energy_kwh:,.0f} kWh, {p.co2e_kg:,.0f} kg CO2e",
         "",
-        f"memory per GPU  {p.memory_per_gpu_gb:,.1f} GB of {p.device_memory_gb:g} GB: "
+        f"memory per GPU  {p.memory_per_gpu_gib:,.1f} GiB of {p.device_memory_gib:g} GiB: "
         f"{'fits' if p.fits else 'does NOT fit'}",
-        f"  frozen weights                {mem['frozen_weights']:>10,.1f} GB",
-        f"  trainable weights+grads+AdamW {mem['trainable_weights_grads_adamw']:>10,.1f} GB",
-        f"  activations ({p.micro_batch_tokens} tokens)     {mem['activations']:>10,.1f} GB",
+        *(f"  {MEMORY_LABELS[name]:<30}{value:>10,.2f} GiB" for name, value in mem.items()
+          if name != "total"),
         f"  fewest GPUs that fit: {p.min_gpus if p.min_gpus is not None else 'none'}",
     ]
     serve = p.serving
@@ -193,8 +231,19 @@ def run_plan(args: argparse.Namespace) -> int:
     trm = trm_from_args(args) if args.phase in ("phase1", "phase2") else None
     mfu, mfu_source = args.mfu, None
     if args.calibrate:
-        mfu = mfu_from_calibration(args.calibrate)
-        mfu_source = f"calibrated from {args.calibrate}"
+        calibration = mfu_from_calibration(args.calibrate, device=args.gpu, gpus=args.gpus,
+                                           precision=args.precision, sharding=args.sharding)
+        mfu, mfu_source = calibration.mfu, f"calibrated from {args.calibrate}"
+        if calibration.mismatches:
+            differences = "; ".join(calibration.mismatches)
+            if not args.allow_calibration_mismatch:
+                raise ValueError(f"--calibrate {args.calibrate}: measured under other "
+                                 f"conditions than this plan ({differences}); its MFU does "
+                                 "not transfer. Pass --allow-calibration-mismatch to use it "
+                                 "anyway")
+            print(f"warning: --calibrate {args.calibrate}: {differences}; its MFU is applied "
+                  "anyway (--allow-calibration-mismatch)", file=sys.stderr)
+            mfu_source += f" despite: {differences}"
     result = plan(
         model_shape(config),
         phase=args.phase,
@@ -214,6 +263,7 @@ def run_plan(args: argparse.Namespace) -> int:
         grid_kg_co2e_per_kwh=args.grid_kg_per_kwh,
         pue=args.pue,
         base_name=name,
+        precision=args.precision,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -245,6 +295,7 @@ def _positive_int(text: str) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `plan` and `cost` to the `millennial` command."""
     from millennial.cost.hardware import device_names
+    from millennial.cost.planner import PRECISIONS
 
     p = commands.add_parser(
         "plan", help="what a training run will cost (parameters, FLOPs, memory, hours, $)",
@@ -275,15 +326,22 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="sequences per GPU per step (sets activation memory)")
     p.add_argument("--gpu", choices=device_names(), default="A100-80GB")
     p.add_argument("--gpus", type=_positive_int, default=1)
-    p.add_argument("--usd-per-gpu-hour", type=float,
+    p.add_argument("--usd-per-gpu-hour", type=_number(0.0),
                    help="default: the device table's price (stated in the output)")
     mfu = p.add_mutually_exclusive_group()
-    mfu.add_argument("--mfu", type=float, help="default 0.40 multi-GPU, 0.30 single-GPU")
+    mfu.add_argument("--mfu", type=_number(0.0, 1.0, open_low=True),
+                     help="default 0.40 multi-GPU, 0.30 single-GPU")
     mfu.add_argument("--calibrate", help="use the MFU of a metered run (metrics/cost/<stage>.json)")
     p.add_argument("--sharding", choices=("ddp", "fsdp"), default="fsdp")
     p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--grid-kg-per-kwh", type=float, default=0.4)
-    p.add_argument("--pue", type=float, default=1.0, help="datacenter overhead factor on energy")
+    p.add_argument("--grid-kg-per-kwh", type=_number(0.0), default=0.4)
+    p.add_argument("--pue", type=_number(1.0), default=1.0,
+                   help="datacenter overhead factor on energy (>= 1)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16",
+                   help="bytes of weights, optimizer state and activations")
+    p.add_argument("--allow-calibration-mismatch", action="store_true",
+                   help="use a --calibrate record from another device, dtype or sharding "
+                        "(with a warning)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--audit-seed", action="store_true",
                    help="audit every cost claim of seed-cost-breakdown.md")
@@ -298,7 +356,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     c.add_argument("--md-out", default="reports/cost.md")
     c.add_argument("--fleet", default="8xA100-80GB",
                    help="project the measured FLOPs onto COUNTxGPU, e.g. 8xA100-80GB")
-    c.add_argument("--mfu", type=float, default=0.40, help="MFU assumed for the fleet")
+    c.add_argument("--mfu", type=_number(0.0, 1.0, open_low=True), default=0.40,
+                   help="MFU assumed for the fleet")
     c.add_argument("--params", default="params.yaml", help="prices (cost: section), if present")
     c.set_defaults(func=_guarded(run_cost))
 

@@ -1,10 +1,10 @@
 """Accelerator table and the measured CPU peak: the denominators of every cost and MFU figure.
 
-GPU peaks are dense BF16 tensor-core FLOP/s (no sparsity) from reference.md section 3; the L40S
-row is from NVIDIA's L40S datasheet. Prices are default rental list prices per device-hour; they
-are assumptions, overridable on the command line and in params.yaml (`cost.usd_per_device_hour`).
-The CPU has no datasheet figure that means anything for our kernels, so its peak is measured once
-with a matmul probe and cached.
+GPU peaks are dense BF16 tensor-core FLOP/s (no sparsity) from reference.md section 3 and the
+vendors' datasheets (each row names its source); memory is what the driver reports, in GiB.
+Prices are default rental list prices per device-hour; they are assumptions, overridable on the
+command line and in params.yaml (`cost.usd_per_device_hour`). The CPU has no datasheet figure
+that means anything for our kernels, so its peak is measured once with a matmul probe and cached.
 """
 
 from __future__ import annotations
@@ -33,32 +33,50 @@ class Device:
 
     name: str
     peak_flops: float  # dense BF16 FLOP/s per device (cpu: measured FP32 matmul FLOP/s)
-    memory_gb: float  # decimal GB
+    memory_gib: float  # what the driver reports (GiB, 2**30 bytes; marketing "80GB" is 80 GiB)
     tdp_w: float  # board power limit (cpu: busy cores x CPU_WATTS_PER_CORE)
     usd_per_hour: float  # default rental price per device-hour (cpu: the host, all cores)
     source: str
 
 
-GPUS: dict[str, Device] = {
-    "A100-40GB": Device("A100-40GB", 312e12, 40.0, 400.0, 1.2,
-                        "reference.md s3 (A100 SXM 312 TFLOP/s, 400 W); price assumed"),
-    "A100-80GB": Device("A100-80GB", 312e12, 80.0, 400.0, 1.8,
-                        "reference.md s3; price: top of the $0.8-1.8/h neocloud range"),
-    "H100": Device("H100", 989e12, 80.0, 700.0, 2.5,
-                   "reference.md s3 (H100 SXM 989 TFLOP/s, 700 W); price assumed"),
-    "H200": Device("H200", 989e12, 141.0, 700.0, 3.5,
-                   "reference.md s3 (as H100 SXM with 141 GB); price assumed"),
-    "L40S": Device("L40S", 362e12, 48.0, 350.0, 1.0,
-                   "NVIDIA L40S datasheet (362 TFLOP/s dense BF16, 350 W); price assumed"),
-}
+def _gpu(name: str, tflops: float, gib: float, watts: float, usd: float, source: str) -> Device:
+    return Device(name, tflops * 1e12, gib, watts, usd, f"{source}; price assumed")
 
-# Substrings of NVML device names, most specific first.
-_NVML_NAMES = (
-    ("A100", "80GB", "A100-80GB"),
-    ("A100", "", "A100-40GB"),
-    ("H200", "", "H200"),
-    ("H100", "", "H100"),
-    ("L40S", "", "L40S"),
+
+# Dense BF16 (no sparsity). PCIe and NVL cards have their own peaks and power limits; SXM
+# figures do not transfer to them.
+GPUS: dict[str, Device] = {device.name: device for device in (
+    _gpu("A100-40GB", 312, 40.0, 400, 1.2, "reference.md s3 (A100 SXM4, 400 W)"),
+    _gpu("A100-80GB", 312, 80.0, 400, 1.8, "reference.md s3 (A100 SXM4 80GB, 400 W)"),
+    _gpu("A100-40GB-PCIe", 312, 40.0, 250, 1.0, "NVIDIA A100 datasheet (PCIe, 250 W)"),
+    _gpu("A100-80GB-PCIe", 312, 80.0, 300, 1.5, "NVIDIA A100 datasheet (PCIe 80GB, 300 W)"),
+    _gpu("H100", 989, 79.6, 700, 2.5, "reference.md s3 (H100 SXM5, 700 W, 81,559 MiB)"),
+    _gpu("H100-PCIe", 756, 79.6, 350, 2.0, "NVIDIA H100 datasheet (PCIe, 350 W)"),
+    _gpu("H100-NVL", 835, 93.6, 400, 2.3, "NVIDIA H100 NVL datasheet (94 GB, 350-400 W)"),
+    _gpu("H800", 989, 79.6, 700, 2.0, "NVIDIA H800 SXM5 (H100 compute, 400 GB/s NVLink)"),
+    _gpu("H200", 989, 140.4, 700, 3.5, "reference.md s3 (H200 SXM, 700 W, 143,771 MiB)"),
+    _gpu("H200-NVL", 835, 140.4, 600, 3.0, "NVIDIA H200 NVL datasheet (600 W)"),
+    _gpu("B200", 2250, 179.1, 1000, 5.0, "NVIDIA HGX B200 (2.25 PFLOP/s dense, 1,000 W, "
+         "180 GB)"),
+    _gpu("L40S", 362, 44.4, 350, 1.0, "NVIDIA L40S datasheet (48 GB GDDR6 with ECC, 350 W)"),
+    _gpu("MI300X", 1307.4, 192.0, 750, 2.5, "AMD Instinct MI300X datasheet (192 GB, 750 W); "
+         "not detected by the meter (NVML only)"),
+)}
+
+# Substrings an NVML device name must all contain (upper case), most specific first.
+_NVML_NAMES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("A100", "PCIE", "80GB"), "A100-80GB-PCIe"),
+    (("A100", "PCIE"), "A100-40GB-PCIe"),
+    (("A100", "80GB"), "A100-80GB"),
+    (("A100",), "A100-40GB"),
+    (("H200", "NVL"), "H200-NVL"),
+    (("H200",), "H200"),
+    (("H100", "NVL"), "H100-NVL"),
+    (("H100", "PCIE"), "H100-PCIe"),
+    (("H100",), "H100"),
+    (("H800",), "H800"),
+    (("B200",), "B200"),
+    (("L40S",), "L40S"),
 )
 
 
@@ -78,8 +96,8 @@ def get_device(name: str, *, cache_dir: str | Path | None = None) -> Device:
 def gpu_kind_from_nvml_name(nvml_name: str) -> str | None:
     """Map an NVML name such as 'NVIDIA A100-SXM4-80GB' to a table key, or None if unknown."""
     upper = nvml_name.upper()
-    for model, variant, key in _NVML_NAMES:
-        if model in upper and variant in upper:
+    for parts, key in _NVML_NAMES:
+        if all(part in upper for part in parts):
             return key
     return None
 
@@ -89,8 +107,8 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def host_memory_gb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+def host_memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 def cpu_model_name() -> str:
@@ -152,7 +170,7 @@ def cpu_device(*, cache_dir: str | Path | None = None) -> Device:
     return Device(
         CPU,
         cpu_peak_flops(cache_dir=cache_dir),
-        host_memory_gb(),
+        host_memory_gib(),
         cores * CPU_WATTS_PER_CORE,
         cores * CPU_USD_PER_CORE_HOUR,
         f"this host: {cores} cores, FP32 matmul peak measured (cached); "

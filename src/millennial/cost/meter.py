@@ -28,16 +28,15 @@ import os
 import re
 import resource
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
-from millennial.atomic import write_json
 from millennial.cost.hardware import (
     CPU,
     CPU_USD_PER_CORE_HOUR,
@@ -47,7 +46,8 @@ from millennial.cost.hardware import (
     cpu_peak_flops,
     gpu_kind_from_nvml_name,
 )
-from millennial.cost.planner import GRID_KG_CO2E_PER_KWH, POWER_UTILISATION
+from millennial.cost.planner import GRID_KG_CO2E_PER_KWH, POWER_UTILISATION, default_mfu
+from millennial.cost.record import CarriedForward, CostRecord, Planned, PlannedWork, now
 from millennial.params import Options, load_params
 
 ENERGY_METHODS = ("nvml", "rapl", "codecarbon", "tdp")
@@ -55,6 +55,7 @@ RAPL_ROOT = Path("/sys/class/powercap")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 FAILED_DIR = "failed"
 _JOULES_PER_KWH = 3.6e6
+CPU_PLANNED_MFU = 0.3  # assumed where params give none: the reference run measured 0.29-0.45
 
 
 # --------------------------------------------------------------------------- prices
@@ -68,6 +69,7 @@ class CostParams:
     grid_kg_co2e_per_kwh: float = GRID_KG_CO2E_PER_KWH
     country_iso_code: str = "USA"
     pue: float = 1.0
+    planned_mfu: dict[str, float] = field(default_factory=dict)
     source: str = "defaults"
 
 
@@ -79,8 +81,10 @@ def load_cost_params(path: str | Path | None) -> CostParams:
     if section is None:
         return CostParams(source=f"defaults ({path} has no cost: section)")
     options = Options(section, "cost", path)
-    options.only("usd_per_device_hour", "grid_kg_co2e_per_kwh", "country_iso_code", "pue")
+    options.only("usd_per_device_hour", "grid_kg_co2e_per_kwh", "country_iso_code", "pue",
+                 "planned_mfu")
     prices = options.child("usd_per_device_hour") if "usd_per_device_hour" in section else None
+    mfus = options.child("planned_mfu") if "planned_mfu" in section else None
     country = options.text("country_iso_code", "USA")
     if len(country) != 3:
         raise options.error("country_iso_code", f"must be a 3-letter code, got {country!r}")
@@ -91,8 +95,19 @@ def load_cost_params(path: str | Path | None) -> CostParams:
                                             high=math.inf),
         country_iso_code=country,
         pue=options.number("pue", 1.0, low=1.0, high=math.inf),
+        planned_mfu={} if mfus is None else {
+            str(kind): mfus.number(kind, low=1e-6, high=1.0) for kind in mfus.raw},
         source=f"{path} (cost:)",
     )
+
+
+def planned_mfu(devices: Devices, params: CostParams) -> tuple[float, str]:
+    """The MFU a stage's plan assumes on `devices`, and where it came from."""
+    if devices.kind in params.planned_mfu:
+        return params.planned_mfu[devices.kind], f"{params.source} planned_mfu"
+    if devices.kind == CPU:
+        return CPU_PLANNED_MFU, "assumed CPU figure (set cost.planned_mfu.cpu)"
+    return default_mfu(devices.count), "planner default (reference.md s3)"
 
 
 def price_for(kind: str, params: CostParams) -> tuple[float | None, str]:
@@ -328,8 +343,41 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _status_bytes(name: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`; Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory now (None where /proc is missing)."""
+    return _status_bytes("VmRSS")
+
+
+def _torch_cuda() -> Any | None:
+    """torch.cuda where the stage has imported torch and a GPU is there (never imports torch)."""
+    torch = sys.modules.get("torch")
+    return torch.cuda if torch is not None and torch.cuda.is_available() else None
+
+
+def peak_memory(devices: Devices, start_rss: int | None) -> tuple[int | None, int | None, str]:
+    """(peak bytes, start bytes, method): the GPU allocator's peak on this process's device, or
+    the CPU process's peak RSS (`ru_maxrss`) with the RSS it started from."""
+    cuda = _torch_cuda()
+    if devices.kind != CPU and cuda is not None:
+        return (int(cuda.max_memory_allocated()), 0,
+                "torch.cuda.max_memory_allocated (this process's device; tensors only)")
+    peak = _status_bytes("VmHWM")
+    if peak is None:
+        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return (peak, start_rss,
+            "peak RSS of the stage process (VmHWM, ru_maxrss), and its RSS at the start")
 
 
 def build_record(
@@ -348,8 +396,10 @@ def build_record(
     flops: float,
     peak_flops: float | None,
     peak_source: str,
-    planned: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+    planned: Planned | None,
+    memory: tuple[int | None, int | None, str] = (None, None, "not measured"),
+    carried_forward: CarriedForward | None = None,
+) -> CostRecord:
     """The cost record of one stage run (pure: every measurement is an argument)."""
     is_cpu = devices.kind == CPU
     device_hours = wall_seconds * devices.count / 3600.0
@@ -357,41 +407,47 @@ def build_record(
     price, price_source = price_for(devices.kind, params)
     billed_hours = core_hours if is_cpu else device_hours
     achieved = flops / wall_seconds if wall_seconds > 0 else 0.0
-    return {
-        "stage": stage,
-        "status": "failed" if error is not None else "ok",
-        "error": f"{type(error).__name__}: {error}" if error is not None else None,
-        "started_at": started_at,
-        "finished_at": _now(),
-        "host": socket.gethostname(),
-        "wall_seconds": wall_seconds,
-        "cpu_seconds": cpu_seconds,
-        "cpu_cores": cores,
-        "cpu_core_hours": core_hours,
-        "device_kind": devices.kind,
-        "device_name": devices.name,
-        "device_count": devices.count,
-        "device_hours": device_hours,
-        "gpu_hours": 0.0 if is_cpu else device_hours,
-        "energy_kwh": energy.kwh,
-        "energy_method": energy.method,
-        "energy_detail": energy.detail,
-        "energy_methods_skipped": energy_skipped,
-        "pue": params.pue,
-        "grid_kg_co2e_per_kwh": params.grid_kg_co2e_per_kwh,
-        "co2e_kg": energy.kwh * params.pue * params.grid_kg_co2e_per_kwh,
-        "usd_per_device_hour": price,
-        "usd_billing": "per CPU core-hour (cores x wall)" if is_cpu else "per device-hour",
-        "price_source": price_source,
-        "usd": billed_hours * price if price is not None else None,
-        "tokens": tokens,
-        "flops": flops,
-        "achieved_flops_per_s": achieved,
-        "peak_flops_per_s": peak_flops,
-        "peak_source": peak_source,
-        "mfu": achieved / peak_flops if peak_flops and flops else None,
-        "planned": dict(planned) if planned is not None else None,
-    }
+    peak_bytes, start_bytes, memory_method = memory
+    return CostRecord(
+        stage=stage,
+        status="failed" if error is not None else "ok",
+        error=f"{type(error).__name__}: {error}" if error is not None else None,
+        reason=None,
+        started_at=started_at,
+        finished_at=now(),
+        host=socket.gethostname(),
+        wall_seconds=wall_seconds,
+        cpu_seconds=cpu_seconds,
+        cpu_cores=cores,
+        cpu_core_hours=core_hours,
+        device_kind=devices.kind,
+        device_name=devices.name,
+        device_count=devices.count,
+        device_hours=device_hours,
+        gpu_hours=0.0 if is_cpu else device_hours,
+        energy_kwh=energy.kwh,
+        energy_method=energy.method,
+        energy_detail=energy.detail,
+        energy_methods_skipped=energy_skipped,
+        pue=params.pue,
+        grid_kg_co2e_per_kwh=params.grid_kg_co2e_per_kwh,
+        co2e_kg=energy.kwh * params.pue * params.grid_kg_co2e_per_kwh,
+        usd_per_device_hour=price,
+        usd_billing="per CPU core-hour (cores x wall)" if is_cpu else "per device-hour",
+        price_source=price_source,
+        usd=billed_hours * price if price is not None else None,
+        tokens=tokens,
+        flops=flops,
+        achieved_flops_per_s=achieved,
+        peak_flops_per_s=peak_flops,
+        peak_source=peak_source,
+        mfu=achieved / peak_flops if peak_flops and flops else None,
+        peak_memory_bytes=peak_bytes,
+        start_memory_bytes=start_bytes,
+        memory_method=memory_method,
+        planned=planned,
+        carried_forward=carried_forward,
+    )
 
 
 class Meter:
@@ -407,7 +463,10 @@ class Meter:
         device: str = "auto",
         energy_methods: Sequence[str] = ENERGY_METHODS,
         cache_dir: str | Path | None = None,
+        unmodelled: str | None = None,
     ) -> None:
+        """`unmodelled` says why a stage has no plan beyond "no model FLOPs" (data and
+        report stages): its record then says so instead of carrying no plan at all."""
         if not _STAGE_NAME.fullmatch(stage):
             raise ValueError(f"stage name {stage!r}: use letters, digits, '_', '.', '-'")
         self.stage = stage
@@ -419,8 +478,10 @@ class Meter:
         self.cache_dir = cache_dir
         self.tokens = 0
         self.flops = 0.0
-        self.planned: dict[str, Any] | None = None
-        self.record: dict[str, Any] | None = None
+        self.planned: Planned | None = None
+        self.carried_forward: CarriedForward | None = None
+        self.record: CostRecord | None = None
+        self.unmodelled = unmodelled
 
     def add(self, *, tokens: int = 0, flops: float = 0.0) -> None:
         """Count work done: tokens processed and the model FLOPs they took."""
@@ -429,17 +490,37 @@ class Meter:
         self.tokens += int(tokens)
         self.flops += float(flops)
 
-    def set_planned(self, planned: Mapping[str, Any]) -> None:
-        """What the planner predicted for this stage, reported beside what was measured."""
-        self.planned = dict(planned)
+    def plan(self, work: PlannedWork) -> None:
+        """Record the planner's prediction for this stage before its work runs; the time is
+        the planned FLOPs at this device's peak and the planned MFU (`cost.planned_mfu`)."""
+        peak = self._peak()[0] if work.flops else None
+        mfu, source = planned_mfu(self.devices, self.params)
+        self.planned = Planned(
+            tokens=work.tokens, flops=work.flops, mfu=mfu, mfu_source=source,
+            wall_seconds=work.flops / (peak * mfu) if peak else None,
+            peak_memory_bytes=work.peak_memory_bytes, memory_breakdown=work.memory_breakdown,
+            basis=work.basis, precision=work.precision, sharding=work.sharding)
+
+    def carry_forward(self, earlier: CarriedForward | None) -> None:
+        """Work earlier invocations of a resumed run did (their cost is in their own record)."""
+        self.carried_forward = earlier
 
     def __enter__(self) -> Meter:
         self.devices = detect_devices(self.device)
         self.cores = cpu_cores()
-        self.started_at = _now()
+        self.started_at = now()
         self.probe, self.skipped = start_energy_probe(
             self.devices, self.energy_methods, self.params
         )
+        self.start_rss = _rss_bytes()
+        cuda = _torch_cuda()
+        if cuda is not None and self.devices.kind != CPU:
+            cuda.reset_peak_memory_stats()
+        if self.unmodelled is not None:
+            self.plan(PlannedWork(tokens=0, flops=0.0, peak_memory_bytes=None,
+                                  memory_breakdown={},
+                                  basis=f"no model FLOPs ({self.unmodelled}); time and memory "
+                                        "not modelled"))
         self.cpu_start = _cpu_seconds()
         self.wall_start = time.perf_counter()
         return self
@@ -463,12 +544,14 @@ class Meter:
             cpu_seconds=cpu, cores=self.cores, devices=self.devices, energy=energy,
             energy_skipped=self.skipped, params=self.params, tokens=self.tokens,
             flops=self.flops, peak_flops=peak, peak_source=peak_source, planned=self.planned,
+            memory=peak_memory(self.devices, self.start_rss),
+            carried_forward=self.carried_forward,
         )
         if exc is None:
-            write_json(self.path, self.record)
+            self.record.write(self.path)
             self.failed_path.unlink(missing_ok=True)  # fixed: the old failure is history
         else:
-            write_json(self.failed_path, self.record)
+            self.record.write(self.failed_path)
         return False  # never swallow the stage's exception
 
     def _peak(self) -> tuple[float | None, str]:
@@ -485,19 +568,10 @@ def failure_path(out_dir: str | Path, stage: str) -> Path:
     return Path(out_dir) / FAILED_DIR / f"{stage}.json"
 
 
-def write_skipped(stage: str, reason: str, out_dir: str | Path = "metrics/cost") -> dict[str, Any]:
+def write_skipped(stage: str, reason: str, out_dir: str | Path = "metrics/cost") -> CostRecord:
     """Record a stage that ran but did no work (e.g. phase 2 disabled): zero cost, by design."""
-    record = {
-        "stage": stage, "status": "skipped", "error": None, "reason": reason,
-        "started_at": _now(), "finished_at": _now(), "host": socket.gethostname(),
-        "wall_seconds": 0.0, "cpu_seconds": 0.0, "cpu_cores": 0, "cpu_core_hours": 0.0,
-        "device_kind": CPU, "device_name": None, "device_count": 0, "device_hours": 0.0,
-        "gpu_hours": 0.0, "energy_kwh": 0.0, "energy_method": "none (skipped)",
-        "energy_detail": None, "energy_methods_skipped": [], "co2e_kg": 0.0, "usd": 0.0,
-        "tokens": 0, "flops": 0.0, "achieved_flops_per_s": 0.0, "peak_flops_per_s": None,
-        "peak_source": "skipped", "mfu": None, "planned": None,
-    }
-    write_json(Path(out_dir) / f"{stage}.json", record)
+    record = CostRecord.skipped(stage, reason)
+    record.write(Path(out_dir) / f"{stage}.json")
     return record
 
 

@@ -23,8 +23,6 @@ checkpointing. Conventions (tested against `torch.utils.flop_counter.FlopCounter
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,18 +38,24 @@ SHARDINGS = ("ddp", "fsdp")
 # blocks (Mixtral, GPT-NeoX, Falcon, Gemma...) are not modelled yet.
 LLAMA_LIKE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "olmo2", "phi3")
 SUPPORTED_MODEL_TYPES = (*LLAMA_LIKE_MODEL_TYPES, "gpt2")
+_LLAMA_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "vocab_size")
+# What a config.json must state for its shape to be this model's and not transformers' defaults.
+REQUIRED_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    **{model_type: _LLAMA_KEYS for model_type in LLAMA_LIKE_MODEL_TYPES},
+    "gpt2": ("n_embd", "n_layer", "n_head", "vocab_size"),
+}
 
 BYTES_PER_FROZEN_PARAM = 2  # bf16 weight
 BYTES_PER_TRAINABLE_PARAM = 16  # bf16 weight + fp32 master + bf16 grad + 2 fp32 AdamW moments
 BYTES_PER_ACTIVATION = 2  # bf16
-LOGIT_BYTES_PER_VOCAB_ENTRY = 6  # bf16 logits and their fp32 copy for the loss, per token
 MFU_MULTI_GPU = 0.40  # reference.md s3: plan 35-45% tuned multi-GPU
 MFU_SINGLE_GPU = 0.30  # reference.md s3: 25-35% single-GPU HF-style loops
 POWER_UTILISATION = 0.8  # assumed average board draw under training, as a fraction of TDP
 GRID_KG_CO2E_PER_KWH = 0.4  # assumed grid intensity (roughly a world average)
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 compute-optimal budget for scratch
 MAX_GPUS = 4096
-GB = 1e9
+GIB = 2**30  # device memory and memory plans are in GiB
 
 
 @dataclass(frozen=True)
@@ -490,59 +494,165 @@ def training_flops_per_token(
 # --------------------------------------------------------------------------- memory
 
 
-def layer_activation_bytes(
-    width: int, attention_width: int, kv_width: int, inner: int, gated: bool
-) -> int:
-    """Bytes per token a pre-norm decoder layer saves for backward (bf16, flash attention).
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per value of each kind of tensor a training run holds."""
 
-    Saved: the two residual inputs and two normed inputs (4H), q/k/v (attention + 2 kv widths),
-    the attention output (attention width) and the MLP's hidden tensors (3 x inner gated, 2 x
-    inner GELU). Flash attention keeps no ctx x ctx score matrix. Close to Korthikanti et al.'s
-    34*H bytes for a 4H GELU MLP.
+    name: str
+    activation: int  # a saved activation
+    frozen_param: int  # a frozen weight
+    trainable_param: int  # weight + master copy + gradient + 2 AdamW moments
+    grad: int  # one gradient value (DDP's bucket copy, FSDP's unsharded layer gradient)
+
+
+PRECISIONS = {
+    # bf16 weights and activations, fp32 master weights and AdamW moments (the GPU plan).
+    "bf16": Precision("bf16", 2, BYTES_PER_FROZEN_PARAM, BYTES_PER_TRAINABLE_PARAM, 2),
+    # fp32 throughout (the CPU default): weight 4 + gradient 4 + 2 moments 8.
+    "fp32": Precision("fp32", 4, 4, 16, 4),
+    # fp32 weights under bf16 autocast (accelerate's mixed_precision: bf16): activations mostly
+    # bf16, norms and the loss in fp32 as in "bf16". Not checked against saved tensors yet.
+    "bf16-autocast": Precision("bf16-autocast", 2, 4, 16, 4),
+}
+FP32 = 4
+
+
+def precision_name(dtype: str, bf16_autocast: bool = False) -> str:
+    """The planner's precision for weights of `dtype` ('float32', 'bfloat16')."""
+    if dtype == "bfloat16":
+        return "bf16"
+    if dtype == "float32":
+        return "bf16-autocast" if bf16_autocast else "fp32"
+    raise ValueError(f"no planner precision for {dtype} weights (known: bfloat16, float32)")
+CUDA_CONTEXT_BYTES = GIB  # CUDA context, cuBLAS workspace and NCCL buffers per GPU (assumed)
+ADAMW_TEMPORARY_BYTES = 8  # per trainable parameter: foreach AdamW's fp32 intermediates
+FSDP_GATHERED_LAYERS = 2  # the layer running and the one prefetched, unsharded
+
+
+def _norm_bytes(width: int, a: int, *, weight_trains: bool, output_saved: bool) -> int:
+    """An RMSNorm computed in fp32 (Hugging Face's and ours) keeps its fp32 input (in fp32 runs,
+    the input itself); its normed value before the weight when the weight trains; its output
+    when the next matmul's weight (or a LoRA adapter on it) trains."""
+    return FP32 * width + a * width * (int(weight_trains) + int(output_saved))
+
+
+def _layer_bytes(width: int, attention: int, kv: int, inner: int, a: int, kind: str,
+                 gated: bool = True) -> int:
+    """Bytes per token one pre-norm decoder layer saves for backward.
+
+    `kind`: 'trainable' (all weights train), 'lora' (frozen weights, adapters train),
+    'frozen' (no weight trains, the gradient passes through). Attention keeps q, k, v and its
+    output (SDPA's memory-efficient kernels keep no score matrix; `o_proj` reads a view of the
+    output); a SwiGLU MLP keeps gate, silu(gate) and up, and the product when `down_proj`
+    trains. GPT-2: LayerNorms keep their input, GELU its input and output (tanh form).
     """
-    saved = 4 * width + 2 * attention_width + 2 * kv_width + (3 if gated else 2) * inner
-    return BYTES_PER_ACTIVATION * saved
+    weights, inputs = kind == "trainable", kind != "frozen"
+    if gated:
+        norm = _norm_bytes(width, a, weight_trains=weights, output_saved=inputs)
+        mlp = a * inner * (3 + int(inputs))
+    else:
+        norm = a * width * (1 + int(inputs))
+        mlp = a * inner * (GELU_SAVED_PER_INNER + int(inputs))
+    return 2 * norm + a * (2 * attention + 2 * kv) + mlp
+
+
+GELU_SAVED_PER_INNER = 3  # GPT-2's tanh GELU in eager ops: x, x^3 term and tanh output
+
+
+def decoder_layer_bytes(shape: ModelShape, precision: Precision, kind: str,
+                        lora_rank: int = 0) -> int:
+    """Saved bytes per token of one base decoder layer of `kind` (see `_layer_bytes`)."""
+    if kind == "none":
+        return 0
+    a = precision.activation
+    saved = _layer_bytes(shape.hidden_size, shape.attention_width, shape.kv_width,
+                         shape.intermediate_size, a, "frozen" if kind == "lora" else kind,
+                         shape.gated_mlp)
+    if kind == "lora":
+        # PEFT keeps adapters in fp32 (autocast_adapter_dtype) and casts each adapter's input
+        # to it: in fp32 runs the casts are no-ops and the inputs are shared; in bf16 every
+        # adapter keeps its own fp32 copy. Each keeps its A output for B's gradient.
+        if a == FP32:
+            saved += FP32 * (2 * shape.hidden_size + shape.attention_width
+                             + shape.intermediate_size)
+        else:
+            saved += FP32 * sum(linear.fan_in for linear in shape.linears)
+        saved += FP32 * lora_rank * len(shape.linears)
+    return saved
+
+
+def trm_block_bytes(shape: ModelShape, trm: TRMConfig, precision: Precision) -> int:
+    """Saved bytes per token of one TRM block: every layer of f in each gradient-carrying call,
+    the random core's closing norm per call, and its down/up projections once."""
+    trm = resolve_trm(shape, trm)
+    a = precision.activation
+    d = trm.width("hidden_size")
+    layer = _layer_bytes(d, d, _kv_width(trm), trm.width("ffn_size"), a, "trainable")
+    per_call = trm.num_layers * layer
+    once = 0
+    if not trm.pretrained:
+        per_call += _norm_bytes(d, a, weight_trains=True, output_saved=False)
+        once = _norm_bytes(shape.hidden_size, a, weight_trains=True, output_saved=True) + a * d
+    if trm.halting:
+        once += trm.grad_cycles * a * d
+    return trm.grad_calls * per_call + once
+
+
+def head_bytes(shape: ModelShape, precision: Precision, trains: bool) -> int:
+    """Saved bytes per token of the final norm, LM head and loss: the fp32 log-softmax over
+    the vocabulary, the norm's fp32 input, and the norm's values when norm and head train."""
+    return (FP32 * shape.vocab_size
+            + _norm_bytes(shape.hidden_size, precision.activation, weight_trains=trains,
+                          output_saved=trains))
+
+
+def layer_kinds(shape: ModelShape, trainable: Trainable,
+                grad_checkpointing: bool = False) -> list[str]:
+    """Per base decoder layer, what it saves: 'none' (no gradient reaches it), 'frozen',
+    'lora' or 'trainable' (see `backward_status`)."""
+    kinds = []
+    for index, state in enumerate(backward_status(shape, trainable,
+                                                  grad_checkpointing=grad_checkpointing)):
+        trains = (trainable.base_layers_from is not None and index >= trainable.base_layers_from
+                  ) or index in trainable.new_layers
+        if state == "none" and not trains:
+            kinds.append("none")
+        elif trains:
+            kinds.append("trainable")
+        else:
+            kinds.append("lora" if trainable.lora_rank else "frozen")
+    return kinds
 
 
 def activation_bytes_per_token(
-    shape: ModelShape, trainable: Trainable, *, grad_checkpointing: bool = False
+    shape: ModelShape, trainable: Trainable, *, grad_checkpointing: bool = False,
+    precision: Precision = PRECISIONS["bf16"],
 ) -> dict[str, float]:
-    """Activation memory per token of micro-batch, by part.
+    """Activation memory per token of micro-batch, by part (checked against autograd's saved
+    tensors on real modules: tests/test_memory_model.py).
 
-    Every layer that runs backward keeps its activations, and each TRM block keeps those of its
-    gradient-carrying calls. With (Hugging Face) checkpointing each decoder layer keeps only its
-    input (2H bytes) and one is rebuilt at a time; TRM blocks sit outside the checkpoint and
-    keep everything.
+    With (Hugging Face) checkpointing each decoder layer keeps only its input and one is
+    rebuilt at a time; TRM blocks sit outside the checkpoint and keep everything.
     """
-    status = backward_status(shape, trainable, grad_checkpointing=grad_checkpointing)
-    layer = layer_activation_bytes(
-        shape.hidden_size, shape.attention_width, shape.kv_width, shape.intermediate_size,
-        shape.gated_mlp,
-    )
+    kinds = layer_kinds(shape, trainable, grad_checkpointing)
+    per_layer = [decoder_layer_bytes(shape, precision, kind, trainable.lora_rank)
+                 for kind in kinds]
+    if grad_checkpointing:
+        kept = sum(kind != "none" for kind in kinds)
+        base = precision.activation * shape.hidden_size * kept + max(per_layer, default=0)
+    else:
+        base = sum(per_layer)
     trm_points = (
         trainable.trm.resolve_layers(shape.num_layers) if trainable.trm is not None else ()
     )
-    trm_block = 0
-    if trainable.trm is not None:
-        trm = resolve_trm(shape, trainable.trm)
-        d = trm.width("hidden_size")
-        core_layer = layer_activation_bytes(d, d, _kv_width(trm), trm.width("ffn_size"), True)
-        trm_block = trm.grad_calls * trm.num_layers * core_layer
-        if not trm.pretrained:
-            trm_block += BYTES_PER_ACTIVATION * (shape.hidden_size + d)  # down and up inputs
-    lora = BYTES_PER_ACTIVATION * trainable.lora_rank * len(shape.linears)
-    kept_layers = sum(state != "none" for state in status)
-    if grad_checkpointing:
-        base = BYTES_PER_ACTIVATION * shape.hidden_size * kept_layers + layer + lora
-    else:
-        base = kept_layers * (layer + lora)
-    trm_bytes = float(trm_block * len(trm_points))
-    logits = LOGIT_BYTES_PER_VOCAB_ENTRY * shape.vocab_size
+    trm_bytes = (trm_block_bytes(shape, trainable.trm, precision) * len(trm_points)
+                 if trainable.trm is not None else 0)
+    head = head_bytes(shape, precision, trainable.head or trainable.embeddings)
     return {
         "base_layers": float(base),
-        "trm_blocks": trm_bytes,
-        "logits": float(logits),
-        "total": float(base + trm_bytes + logits),
+        "trm_blocks": float(trm_bytes),
+        "logits": float(head),
+        "total": float(base + trm_bytes + head),
     }
 
 
@@ -554,44 +664,67 @@ def memory_per_gpu(
     micro_batch_tokens: int,
     gpus: int,
     sharding: str,
+    layer_params: int = 0,
+    precision: Precision = PRECISIONS["bf16"],
+    device_is_gpu: bool = True,
 ) -> dict[str, float]:
-    """GB per GPU. DDP replicates weights and optimizer state; FSDP/ZeRO-3 shards both."""
+    """GiB per device, by named term. DDP replicates weights and optimizer state and keeps a
+    bucket copy of the gradients; FSDP/ZeRO-3 shards both and unshards `FSDP_GATHERED_LAYERS`
+    layers at a time. AdamW's foreach temporaries and (GPU) the CUDA/NCCL context are headroom
+    every run needs."""
     if sharding not in SHARDINGS:
         raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}")
     shards = gpus if sharding == "fsdp" else 1
-    frozen = frozen_params * BYTES_PER_FROZEN_PARAM / GB / shards
-    states = trainable_params * BYTES_PER_TRAINABLE_PARAM / GB / shards
-    activations = activation_bytes_per_token * micro_batch_tokens / GB
-    return {
-        "frozen_weights": frozen,
-        "trainable_weights_grads_adamw": states,
-        "activations": activations,
-        "total": frozen + states + activations,
+    terms = {
+        "frozen_weights": frozen_params * precision.frozen_param / shards,
+        "trainable_weights_grads_adamw": trainable_params * precision.trainable_param / shards,
+        "activations": activation_bytes_per_token * micro_batch_tokens,
+        "adamw_temporaries": trainable_params * ADAMW_TEMPORARY_BYTES / shards,
+        "communication_buffers": (
+            (FSDP_GATHERED_LAYERS * layer_params * precision.frozen_param
+             + min(trainable_params, layer_params) * precision.grad) if sharding == "fsdp"
+            and gpus > 1 else trainable_params * precision.grad if gpus > 1 else 0),
+        "cuda_context": CUDA_CONTEXT_BYTES if device_is_gpu else 0,
     }
+    gib = {name: value / GIB for name, value in terms.items()}
+    return {**gib, "total": sum(gib.values())}
 
 
 def min_gpus(
     *,
     frozen_params: int,
     trainable_params: int,
-    activation_gb: float,
-    memory_gb: float,
+    activation_bytes_per_token: float,
+    micro_batch_tokens: int,
+    memory_gib: float,
     sharding: str,
+    layer_params: int = 0,
+    precision: Precision = PRECISIONS["bf16"],
 ) -> int | None:
     """Fewest GPUs whose memory holds the run (None if none up to MAX_GPUS does).
 
-    More DDP replicas never lower per-GPU memory, so DDP fits on one GPU or on none.
+    More DDP replicas never lower per-GPU memory, so DDP fits on one GPU or on none; FSDP's
+    per-GPU need only falls with more GPUs, so the first count that fits is the answer.
     """
-    states_gb = (
-        frozen_params * BYTES_PER_FROZEN_PARAM + trainable_params * BYTES_PER_TRAINABLE_PARAM
-    ) / GB
-    room = memory_gb - activation_gb
-    if room <= 0:
+    def need(gpus: int) -> float:
+        return memory_per_gpu(
+            frozen_params=frozen_params, trainable_params=trainable_params,
+            activation_bytes_per_token=activation_bytes_per_token,
+            micro_batch_tokens=micro_batch_tokens, gpus=gpus, sharding=sharding,
+            layer_params=layer_params, precision=precision)["total"]
+
+    if need(1) <= memory_gib:
+        return 1
+    if sharding == "ddp" or need(MAX_GPUS) > memory_gib:
         return None
-    if sharding == "ddp":
-        return 1 if states_gb <= room else None
-    needed = max(1, math.ceil(states_gb / room))
-    return needed if needed <= MAX_GPUS else None
+    low, high = 2, MAX_GPUS  # need() falls with gpus: bisect for the first that fits
+    while low < high:
+        middle = (low + high) // 2
+        if need(middle) <= memory_gib:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # --------------------------------------------------------------------------- time and money
@@ -641,19 +774,44 @@ def project(
     }
 
 
-def mfu_from_calibration(path: str | Path) -> float:
-    """The MFU a real metered run achieved (`mfu` in a `metrics/cost/<stage>.json`)."""
+@dataclass(frozen=True)
+class Calibration:
+    """The MFU a metered run achieved, and how its conditions differ from the plan's."""
+
+    mfu: float
+    mismatches: list[str]
+
+
+def mfu_from_calibration(path: str | Path, *, device: str, gpus: int, precision: str,
+                         sharding: str) -> Calibration:
+    """The `mfu` of a successful metered run (`metrics/cost/<stage>.json`), with every way its
+    device kind, device count, precision and sharding differ from the plan's: an MFU measured
+    on a 2-core CPU in fp32 says nothing about 16 A100s in bf16."""
+    from millennial.cost.record import CostRecord
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: calibration file not found")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
-    mfu = record.get("mfu") if isinstance(record, dict) else None
-    if not isinstance(mfu, (int, float)) or isinstance(mfu, bool) or not 0 < mfu <= 1:
+    record = CostRecord.read(path)
+    if record.status != "ok":
+        raise ValueError(f"{path}: a {record.status} run cannot calibrate (status must be ok)")
+    mfu = record.mfu
+    if mfu is None or not 0 < mfu <= 1:
         raise ValueError(f"{path}: key 'mfu' must be a number in (0, 1], got {mfu!r}")
-    return float(mfu)
+    mismatches = []
+    if record.device_kind != device:
+        mismatches.append(f"device {record.device_kind} vs the plan's {device}")
+    if record.device_count != gpus:
+        mismatches.append(f"{record.device_count} device(s) vs the plan's {gpus}")
+    planned = record.planned
+    if planned is None or planned.precision is None:
+        mismatches.append("its precision and sharding are not recorded")
+    else:
+        if planned.precision != precision:
+            mismatches.append(f"precision {planned.precision} vs the plan's {precision}")
+        if gpus > 1 and planned.sharding != sharding:
+            mismatches.append(f"sharding {planned.sharding} vs the plan's {sharding}")
+    return Calibration(mfu, mismatches)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -686,15 +844,32 @@ class ServingCost:
         return {**asdict(self), "flops_ratio": self.flops_ratio, "kv_ratio": self.kv_ratio}
 
 
-def kv_cache_bytes_per_token(shape: ModelShape, trm: TRMConfig | None = None) -> int:
+def kv_cache_bytes_per_token(shape: ModelShape, trm: TRMConfig | None = None,
+                             bytes_per_value: int = BYTES_PER_ACTIVATION) -> int:
     """Bytes one token adds to the decoding cache: keys and values of every base layer, plus
     every cached slot of every TRM block (`TRMConfig.cached_slots`)."""
-    base = shape.num_layers * 2 * shape.kv_width * BYTES_PER_ACTIVATION
+    base = shape.num_layers * 2 * shape.kv_width * bytes_per_value
     if trm is None:
         return base
     trm = resolve_trm(shape, trm)
     points = len(trm.resolve_layers(shape.num_layers))
-    return base + points * trm.cached_slots * 2 * _kv_width(trm) * BYTES_PER_ACTIVATION
+    return base + points * trm.cached_slots * 2 * _kv_width(trm) * bytes_per_value
+
+
+def inference_memory(shape: ModelShape, trm: TRMConfig | None, *, weight_bytes: int,
+                     bytes_per_value: int, decode_rows: int, decode_tokens: int,
+                     score_rows: int, score_tokens: int) -> dict[str, float]:
+    """GiB an evaluation holds at its peak: the weights, the KV cache of one decoding batch,
+    and the logits of one scoring batch (in the model's dtype, an fp32 copy and the fp32
+    log-softmax of the loss)."""
+    terms = {
+        "weights": weight_bytes,
+        "kv_cache": decode_rows * decode_tokens * kv_cache_bytes_per_token(shape, trm,
+                                                                           bytes_per_value),
+        "logits": score_rows * score_tokens * shape.vocab_size * (bytes_per_value + 2 * FP32),
+    }
+    gib = {name: value / GIB for name, value in terms.items()}
+    return {**gib, "total": sum(gib.values())}
 
 
 def serving_cost(shape: ModelShape, trm: TRMConfig | None, context: int) -> ServingCost:
@@ -744,9 +919,11 @@ class Plan:
     sharding: str
     grad_checkpointing: bool
     micro_batch_tokens: int
-    memory_per_gpu_gb: float
-    memory_breakdown_gb: dict[str, float]
-    device_memory_gb: float
+    precision: str
+    memory_per_gpu_gib: float
+    memory_breakdown_gib: dict[str, float]  # named terms, headroom included
+    activation_bytes_per_token: dict[str, float]
+    device_memory_gib: float
     fits: bool
     min_gpus: int | None
     trm: dict[str, Any] | None
@@ -777,6 +954,7 @@ def plan(
     grid_kg_co2e_per_kwh: float = GRID_KG_CO2E_PER_KWH,
     pue: float = 1.0,
     base_name: str = "",
+    precision: str = "bf16",
 ) -> Plan:
     """Cost one training run. Tokens come from `tokens`, from a GPU-hour budget, or (scratch
     only) from the Chinchilla budget of 20 tokens per trained parameter."""
@@ -819,17 +997,17 @@ def plan(
         grid_kg_co2e_per_kwh=grid_kg_co2e_per_kwh, pue=pue,
     )
 
-    act = activation_bytes_per_token(shape, trainable, grad_checkpointing=grad_checkpointing)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    bytes_of = PRECISIONS[precision]
+    act = activation_bytes_per_token(shape, trainable, grad_checkpointing=grad_checkpointing,
+                                     precision=bytes_of)
     micro_tokens = micro_batch_size * seq_len
-    memory = memory_per_gpu(
-        frozen_params=frozen_params, trainable_params=trainable_params,
-        activation_bytes_per_token=act["total"], micro_batch_tokens=micro_tokens, gpus=gpus,
-        sharding=sharding,
-    )
-    fewest = min_gpus(
-        frozen_params=frozen_params, trainable_params=trainable_params,
-        activation_gb=memory["activations"], memory_gb=device.memory_gb, sharding=sharding,
-    )
+    sizes = dict(frozen_params=frozen_params, trainable_params=trainable_params,
+                 activation_bytes_per_token=act["total"], micro_batch_tokens=micro_tokens,
+                 sharding=sharding, layer_params=shape.layer_params, precision=bytes_of)
+    memory = memory_per_gpu(gpus=gpus, device_is_gpu=device.name != CPU, **sizes)
+    fewest = min_gpus(memory_gib=device.memory_gib, **sizes)
     return Plan(
         base=base_name,
         phase=phase,
@@ -862,10 +1040,12 @@ def plan(
         sharding=sharding,
         grad_checkpointing=grad_checkpointing,
         micro_batch_tokens=micro_tokens,
-        memory_per_gpu_gb=memory["total"],
-        memory_breakdown_gb={**memory, "activation_bytes_per_token": act},
-        device_memory_gb=device.memory_gb,
-        fits=memory["total"] <= device.memory_gb,
+        precision=precision,
+        memory_per_gpu_gib=memory["total"],
+        memory_breakdown_gib=memory,
+        activation_bytes_per_token=act,
+        device_memory_gib=device.memory_gib,
+        fits=memory["total"] <= device.memory_gib,
         min_gpus=fewest,
         trm=trm.to_dict() if trm is not None else None,
         serving=serving_cost(shape, trm, seq_len).to_dict(),
@@ -874,12 +1054,16 @@ def plan(
             "price": "given" if usd_per_gpu_hour is not None else "device table default",
             "power": f"{POWER_UTILISATION:g} x TDP average draw, PUE {pue:g}",
             "grid_kg_co2e_per_kwh": grid_kg_co2e_per_kwh,
-            "bytes_per_param": f"frozen {BYTES_PER_FROZEN_PARAM} (bf16), trainable "
-                               f"{BYTES_PER_TRAINABLE_PARAM} (bf16 weight, fp32 master, grad, "
-                               "2 AdamW moments)",
+            "bytes_per_param": f"{precision}: frozen {bytes_of.frozen_param}, trainable "
+                               f"{bytes_of.trainable_param} (weight, master copy, grad, 2 AdamW "
+                               "moments)",
             "attention": "full-context QK^T and AV (PaLM convention; causal kernels do ~half)",
             "mfu": "model FLOPs / (time x peak), PaLM definition: recomputation excluded",
             "supervision": "one supervision step per batch (no TRM deep supervision)",
-            "memory": "no headroom for CUDA context, fragmentation or communication buffers",
+            "memory": f"GiB; headroom named in memory_breakdown_gib: CUDA/NCCL context "
+                      f"{CUDA_CONTEXT_BYTES / GIB:g} GiB per GPU, AdamW foreach temporaries "
+                      f"{ADAMW_TEMPORARY_BYTES} B per trainable parameter, FSDP's "
+                      f"{FSDP_GATHERED_LAYERS} unsharded layers plus one layer's gradient, "
+                      "DDP's gradient buckets; allocator fragmentation not included",
         },
     )

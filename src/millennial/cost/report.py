@@ -8,7 +8,6 @@ named fleet at an assumed MFU, priced by params.yaml.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,54 +16,56 @@ from typing import Any
 from millennial.atomic import write_json, write_text
 from millennial.cost.hardware import GPUS, get_device, with_price
 from millennial.cost.meter import load_cost_params, price_for
-from millennial.cost.planner import project
+from millennial.cost.planner import GIB, project
+from millennial.cost.record import CostRecord, ratio
 
-REQUIRED_KEYS = ("stage", "status", "wall_seconds", "cpu_seconds", "cpu_core_hours",
-                 "device_kind", "device_hours", "gpu_hours", "energy_kwh", "energy_method",
-                 "usd", "co2e_kg", "tokens", "flops")
 SUMMED = ("wall_seconds", "cpu_seconds", "cpu_core_hours", "gpu_hours", "energy_kwh",
           "co2e_kg", "flops")
-COMPARED = ("tokens", "flops", "wall_seconds", "gpu_hours", "energy_kwh", "usd", "mfu")
 
 
-def load_stage_records(metrics_dir: str | Path) -> list[dict[str, Any]]:
+def load_stage_records(metrics_dir: str | Path) -> list[CostRecord]:
     """Every stage record, sorted by stage; a broken or incomplete file is named."""
     directory = Path(metrics_dir)
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such directory (no stage has been metered yet)")
-    records = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from err
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: a cost record must be a JSON object")
-        missing = [key for key in REQUIRED_KEYS if key not in record]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {', '.join(missing)}")
-        records.append(record)
-    return sorted(records, key=lambda r: r["stage"])
+    return sorted((CostRecord.read(path) for path in sorted(directory.glob("*.json"))),
+                  key=lambda r: r.stage)
 
 
-def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(records: Sequence[CostRecord]) -> dict[str, Any]:
     """Totals over stages: each summed field is the sum of the stages' fields."""
-    totals: dict[str, Any] = {key: sum(float(r[key] or 0) for r in records) for key in SUMMED}
+    totals: dict[str, Any] = {key: sum(float(getattr(r, key)) for r in records)
+                              for key in SUMMED}
     by_kind: dict[str, float] = {}
     for record in records:
-        kind = record["device_kind"]
-        by_kind[kind] = by_kind.get(kind, 0.0) + float(record["device_hours"])
+        by_kind[record.device_kind] = by_kind.get(record.device_kind, 0.0) + record.device_hours
     totals.update(
-        tokens=sum(int(r["tokens"]) for r in records),
+        tokens=sum(r.tokens for r in records),
         stages=len(records),
-        stage_names=[r["stage"] for r in records],
-        failed=[r["stage"] for r in records if r["status"] == "failed"],
+        stage_names=[r.stage for r in records],
+        failed=[r.stage for r in records if r.status == "failed"],
         device_hours_by_kind=by_kind,
-        usd=sum(float(r["usd"]) for r in records if r["usd"] is not None),
-        unpriced=[r["stage"] for r in records if r["usd"] is None],
-        energy_methods=sorted({r["energy_method"] for r in records}),
+        usd=sum(r.usd for r in records if r.usd is not None),
+        unpriced=[r.stage for r in records if r.usd is None],
+        energy_methods=sorted({r.energy_method for r in records}),
     )
     return totals
+
+
+def planned_vs_measured(record: CostRecord) -> list[tuple[str, float | None, float | None]]:
+    """(quantity, planned, measured) for a stage that recorded a plan; memory is the stage's
+    own (on CPU, peak RSS above the interpreter's start)."""
+    plan = record.planned
+    if plan is None:
+        return []
+    return [("tokens", float(plan.tokens), float(record.tokens)),
+            ("model FLOPs", plan.flops, record.flops),
+            ("wall seconds", plan.wall_seconds, record.wall_seconds),
+            ("peak memory GiB", _gib(plan.peak_memory_bytes), _gib(record.stage_memory_bytes))]
+
+
+def _gib(value: float | None) -> float | None:
+    return None if value is None else value / GIB
 
 
 def parse_fleet(text: str) -> tuple[int, str]:
@@ -101,7 +102,7 @@ def _fmt(value: Any) -> str:
 
 
 def render_markdown(
-    records: Sequence[dict[str, Any]], totals: dict[str, Any], projection: dict[str, Any]
+    records: Sequence[CostRecord], totals: dict[str, Any], projection: dict[str, Any]
 ) -> str:
     lines = [
         "# Cost of the pipeline run",
@@ -117,32 +118,48 @@ def render_markdown(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
-        device = f"{r.get('device_count', 1)} x {r['device_kind']}"
         lines.append(
-            f"| {r['stage']} | {r['status']} | {_fmt(r['wall_seconds'])} | "
-            f"{_fmt(r['cpu_seconds'])} | {device} | {_fmt(r['device_hours'])} | "
-            f"{_fmt(r['energy_kwh'])} | {r['energy_method']} | {_fmt(r['usd'])} | "
-            f"{_fmt(r['co2e_kg'])} | {r['tokens']} | {_fmt(float(r['flops']))} | "
-            f"{_fmt(r.get('mfu'))} |"
+            f"| {r.stage} | {r.status} | {_fmt(r.wall_seconds)} | {_fmt(r.cpu_seconds)} | "
+            f"{r.device_count} x {r.device_kind} | {_fmt(r.device_hours)} | "
+            f"{_fmt(r.energy_kwh)} | {r.energy_method} | {_fmt(r.usd)} | {_fmt(r.co2e_kg)} | "
+            f"{r.tokens} | {_fmt(r.flops)} | {_fmt(r.mfu)} |"
         )
-    failed = [r for r in records if r["status"] == "failed"]
+    failed = [r for r in records if r.status == "failed"]
     if failed:
         lines += ["", "Failed stages (cost recorded up to the failure):", ""]
-        lines += [f"- {r['stage']}: {r.get('error')}" for r in failed]
-    planned = [r for r in records if r.get("planned")]
-    lines += ["", "## Measured vs planned", ""]
+        lines += [f"- {r.stage}: {r.error}" for r in failed]
+    resumed = [r for r in records if r.carried_forward is not None]
+    if resumed:
+        lines += ["", "Resumed training runs (earlier invocations' work carried forward):", ""]
+        lines += [f"- {r.stage}: from step {r.carried_forward.from_step}, "
+                  f"{r.carried_forward.flops:.4g} FLOPs before; {r.run_flops:.4g} in all"
+                  for r in resumed if r.carried_forward is not None]
+    planned = [r for r in records if r.planned is not None]
+    unplanned = [r.stage for r in records if r.planned is None and r.status != "skipped"]
+    lines += ["", "## Measured vs planned", "",
+              "The planner's prediction, made before each stage ran (`millennial.cost.planner`), "
+              "beside what the meter measured. Time is predicted at the stated MFU; memory is "
+              "the planner's device memory against the stage's own (GPU: allocator peak; CPU: "
+              "peak RSS above the process's start, so it also holds data and tokenizer).", ""]
     if planned:
-        lines += ["| stage | quantity | planned | measured | measured / planned |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += ["| stage | quantity | planned | measured | measured / planned | basis |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in planned:
-            for key in COMPARED:
-                if key in r["planned"] and r.get(key) is not None:
-                    plan_value, measured = float(r["planned"][key]), float(r[key])
-                    ratio = measured / plan_value if plan_value else None
-                    lines.append(f"| {r['stage']} | {key} | {_fmt(plan_value)} | "
-                                 f"{_fmt(measured)} | {_fmt(ratio)} |")
+            assert r.planned is not None
+            if not r.planned.flops and r.planned.peak_memory_bytes is None:
+                lines.append(f"| {r.stage} | model FLOPs | 0 | {_fmt(r.flops)} | - | "
+                             f"{r.planned.basis} |")
+                continue
+            for quantity, plan_value, measured in planned_vs_measured(r):
+                lines.append(f"| {r.stage} | {quantity} | {_fmt(plan_value)} | "
+                             f"{_fmt(measured)} | {_fmt(ratio(measured, plan_value))} | "
+                             f"{r.planned.basis}; MFU {r.planned.mfu:.3g} "
+                             f"({r.planned.mfu_source}) |")
     else:
-        lines.append("No stage recorded a plan (`Meter.set_planned`).")
+        lines.append("No stage recorded a plan.")
+    if unplanned:
+        lines += ["", f"Stages the planner does not model (no prediction): "
+                      f"{', '.join(unplanned)}."]
     kinds = ", ".join(f"{kind}: {hours:.4g} h" for kind, hours in
                       totals["device_hours_by_kind"].items())
     lines += [
@@ -186,8 +203,13 @@ def write_cost_report(
     totals = aggregate(records)
     projection = project_to_fleet(totals["flops"], fleet, mfu, params_path)
     stages = {
-        r["stage"]: {key: r.get(key) for key in ("status", "wall_seconds", "gpu_hours",
-                                                 "energy_kwh", "usd", "co2e_kg", "mfu")}
+        r.stage: {"status": r.status, "wall_seconds": r.wall_seconds, "gpu_hours": r.gpu_hours,
+                  "energy_kwh": r.energy_kwh, "usd": r.usd, "co2e_kg": r.co2e_kg, "mfu": r.mfu,
+                  "planned_wall_ratio": ratio(r.wall_seconds,
+                                              r.planned.wall_seconds if r.planned else None),
+                  "planned_memory_ratio": ratio(r.stage_memory_bytes,
+                                                r.planned.peak_memory_bytes if r.planned
+                                                else None)}
         for r in records
     }
     write_json(json_out, {"totals": totals, "projection": projection, "stages": stages})

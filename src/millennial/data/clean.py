@@ -60,6 +60,7 @@ PII_PATTERNS: dict[str, re.Pattern[str]] = {
 Every pattern tries each position in bounded time (no pattern can backtrack quadratically), so
 scrubbing and validation are linear in the text's length."""
 
+UNREAD_BEYOND = 64  # times max_chars: longer records are dropped before normalising/scrubbing
 PLACEHOLDERS: dict[str, str] = {
     "email": "<EMAIL>", "ipv6": "<IP>", "ipv4": "<IP>", "phone": "<PHONE>",
 }
@@ -149,9 +150,14 @@ def drop_reason(record: Record, config: FilterConfig) -> str | None:
 def clean(record: Record, config: FilterConfig) -> tuple[Record | None, str | None, Counter[str]]:
     """Normalise, scrub, filter: (kept record or None, drop reason or None, PII counts).
 
-    Filtering comes last, so the length bounds hold for the text that is actually written
-    (placeholders change lengths); PII is only counted in kept records.
+    A record more than `UNREAD_BEYOND` times `max_chars` long is dropped as too long before
+    any of that work: normalising (whitespace runs) and placeholders could only bring it back
+    under the bound by shrinking it that much. Otherwise filtering comes last, so the length
+    bounds hold for the text that is actually written; PII is only counted in kept records.
     """
+    raw = len(record.prompt or "") + len(record.answer or "") + len(record.text)
+    if raw > UNREAD_BEYOND * config.max_chars:
+        return None, "too_long", Counter()
     if record.kind == TASK_KIND:
         prompt, in_prompt = scrub(normalise(record.prompt or ""))
         answer, in_answer = scrub(normalise(record.answer or ""))

@@ -17,7 +17,7 @@ import itertools
 import json
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,14 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from millennial.atomic import write_json, write_parquet
-from millennial.cost.planner import forward_flops_per_token, model_shape
+from millennial.cost.planner import (
+    GIB,
+    forward_flops_per_token,
+    inference_memory,
+    model_shape,
+    precision_name,
+)
+from millennial.cost.record import PlannedWork, WorkLog
 from millennial.data import TEXT_KIND, DataError
 from millennial.data.pack import Encoded
 from millennial.evaluate.arms import ARMS, RECURSIVE_ARMS, ArmPaths, load_arm
@@ -39,7 +46,9 @@ from millennial.evaluate.metrics import (
     measure_speed,
     perplexity,
     score_examples,
+    scoring_tokens_bound,
     select_examples,
+    speed_tokens,
 )
 from millennial.evaluate.stats import (
     Proportion,
@@ -49,6 +58,7 @@ from millennial.evaluate.stats import (
     pooled,
 )
 from millennial.evaluate.sweep import sweep_points, sweep_row
+from millennial.fingerprint import dtype_name
 from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
 from millennial.hybrid.injection import mean_halting_cycles, recursion_depth, trm_blocks
 from millennial.params import Options, ParamsError
@@ -288,10 +298,43 @@ def sweep_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     return rows, tokens, flops
 
 
+def plan_evaluation(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    data: EvalData, config: EvalConfig) -> PlannedWork:
+    """The planner's prediction for scoring one arm, made before it runs: tokens at most
+    (every decode at its full budget), their FLOPs at each depth scored, and peak memory."""
+    speed = speed_tokens(len(data.speed_prompt), config.speed_new_tokens, config.speed_repeats)
+    tokens = (scoring_tokens_bound(data.examples, tokenizer, config.max_new_tokens)
+              + sum(len(s.ids) for s in data.text) + speed)
+    flops = tokens * flops_per_token(model, data.context)
+    if name in RECURSIVE_ARMS:
+        point = scoring_tokens_bound(data.sweep_examples, tokenizer, config.max_new_tokens) + speed
+        for depth in sweep_points(model.trm_config, config.sweep.cycles,
+                                  config.sweep.latent_steps):
+            with recursion_depth(model, depth):
+                flops += point * flops_per_token(model, data.context)
+            tokens += point
+    parameter = next(model.parameters())
+    prompts = encode_prompts([e.prompt for e in (*data.examples, *data.sweep_examples)],
+                             tokenizer, data.eos_id)
+    blocks = trm_blocks(model)
+    memory = inference_memory(
+        model_shape(model.config), blocks[0].config if blocks else None,
+        weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        bytes_per_value=parameter.element_size(), decode_rows=config.batch_size,
+        decode_tokens=max(map(len, prompts)) + config.max_new_tokens,
+        score_rows=max(config.batch_size, config.ppl_batch_size),
+        score_tokens=max(max(map(len, prompts)) + config.max_new_tokens, config.max_length))
+    return PlannedWork(tokens=tokens, flops=flops, peak_memory_bytes=memory["total"] * GIB,
+                       memory_breakdown=memory,
+                       basis=f"evaluation of {name}: decoding at its full budget (an upper "
+                             "bound), teacher-forced scoring, perplexity, speed",
+                       precision=precision_name(dtype_name(parameter.dtype)))
+
+
 def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
-                 add_work: Callable[[int, float], None] | None = None) -> ArmEvaluation | None:
-    """Score one arm on the shared examples (None: a phase 2 that was not trained);
-    `add_work(tokens, flops)` is told what it cost."""
+                 work: WorkLog | None = None) -> ArmEvaluation | None:
+    """Score one arm on the shared examples (None: a phase 2 that was not trained); `work`
+    (the stage's meter) hears the plan before scoring and what scoring cost after."""
     torch.manual_seed(config.seed)  # nothing samples; this pins any library-internal RNG use
     tokenizer = AutoTokenizer.from_pretrained(paths.arms.base)
     data = prepare_data(paths.documents, tokenizer, config)
@@ -300,6 +343,8 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
     if model is None:
         return None
     log.info("%s: %d task examples, %d text documents", name, len(data.examples), len(data.text))
+    if work is not None:
+        work.plan(plan_evaluation(name, model, tokenizer, data, config))
     mean_halting_cycles(model)  # count the scoring alone
     scored = score_examples(model, tokenizer, data.examples, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, pad_id=data.pad_id)
@@ -315,8 +360,8 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
     if name in RECURSIVE_ARMS:
         sweep, sweep_tokens, sweep_flops = sweep_arm(name, model, tokenizer, data, config)
         tokens, flops = tokens + sweep_tokens, flops + sweep_flops
-    if add_work is not None:
-        add_work(tokens, flops)
+    if work is not None:
+        work.add(tokens=tokens, flops=flops)
     rows = [{"task": e.task, "split": e.split, "difficulty": e.difficulty,
              "content_hash": e.content_hash, "answer": e.answer, **asdict(s)}
             for e, s in zip(data.examples, scored.scores, strict=True)]

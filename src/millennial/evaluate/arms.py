@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from millennial.base import load_base
+from millennial.cost.record import CostRecord
 from millennial.errors import UserError
 from millennial.hybrid import load_trm, trm_disabled
 from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE, load_hybrid, load_lora
@@ -102,12 +103,14 @@ def training_record(arm: str, metrics_dir: Path) -> dict[str, Any]:
     if stages:
         training = _read_json(metrics_dir / f"{stages[-1]}.json")
         trainable = training.get("trainable_params") if training else None
-    costs = {stage: _read_json(metrics_dir / "cost" / f"{stage}.json") for stage in stages}
+    paths = {stage: metrics_dir / "cost" / f"{stage}.json" for stage in stages}
+    costs = {stage: CostRecord.read(path) if path.is_file() else None
+             for stage, path in paths.items()}
     found = [cost for cost in costs.values() if cost is not None]
     complete = len(found) == len(stages)
 
     def total(key: str) -> float | None:
-        values = [cost.get(key) for cost in found]
+        values = [getattr(cost, key) for cost in found]
         if not complete or any(value is None for value in values):
             return None
         return float(sum(values))
@@ -119,9 +122,9 @@ def training_record(arm: str, metrics_dir: Path) -> dict[str, Any]:
         "usd": total("usd"),
         "device_hours": total("device_hours"),
         "gpu_hours": total("gpu_hours"),
-        "flops": total("flops"),
+        "flops": total("run_flops"),  # resumed runs: earlier invocations' work included
         "energy_kwh": total("energy_kwh"),
         "missing": [stage for stage, cost in costs.items() if cost is None],
         "failed": [stage for stage, cost in costs.items()
-                   if cost is not None and cost.get("status") == "failed"],
+                   if cost is not None and cost.status == "failed"],
     }

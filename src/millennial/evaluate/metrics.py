@@ -184,6 +184,25 @@ class Scored:
     seconds: float
 
 
+def decode_budget(answers: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+    """New tokens a (task, split) group decodes: its longest answer, EOS and some slack."""
+    return min(max_new_tokens, max(len(a) + 1 for a in answers) + ANSWER_SLACK)
+
+
+def scoring_tokens_bound(examples: Sequence[TaskExample], tokenizer: PreTrainedTokenizerBase,
+                         max_new_tokens: int) -> int:
+    """At most the tokens `score_examples` processes: every prompt, each decoding its group's
+    full budget (rows stop early at EOS), and the teacher-forced prompt + answer + EOS."""
+    answers = answer_ids(examples, tokenizer)
+    prompts = encode_prompts([e.prompt for e in examples], tokenizer, int(tokenizer.eos_token_id))
+    groups: dict[Cell, list[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.cell, []).append(index)
+    decoded = sum(len(members) * decode_budget([answers[i] for i in members], max_new_tokens)
+                  for members in groups.values())
+    return 2 * sum(map(len, prompts)) + decoded + sum(len(a) + 1 for a in answers)
+
+
 def score_examples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -206,7 +225,7 @@ def score_examples(
     firsts: list[int | None] = [None for _ in examples]  # first content token generated
     prompt_tokens = generated_tokens = 0
     for members in groups.values():
-        budget = min(max_new_tokens, max(len(answers[i]) + 1 for i in members) + ANSWER_SLACK)
+        budget = decode_budget([answers[i] for i in members], max_new_tokens)
         out = greedy_generate(model, [prompts[i] for i in members], max_new_tokens=budget,
                               batch_size=batch_size, eos_id=eos, pad_id=pad_id)
         for index, continuation in zip(members, out.continuations, strict=True):
@@ -256,6 +275,11 @@ def measure_speed(model: PreTrainedModel, prompt: Sequence[int], *, new_tokens: 
     timed(2)  # warm-up: first-call allocations would otherwise land in the first sample
     full = statistics.median(timed(new_tokens) for _ in range(repeats))
     single = statistics.median(timed(1) for _ in range(repeats))
+    return Speed(new_tokens / full, 1000 * (full - single) / (new_tokens - 1),
+                 speed_tokens(len(prompt), new_tokens, repeats))
+
+
+def speed_tokens(prompt_length: int, new_tokens: int, repeats: int) -> int:
+    """Tokens `measure_speed` processes: a warm-up, then `repeats` long and single-step runs."""
     runs = [2] + [new_tokens] * repeats + [1] * repeats
-    tokens = sum(len(prompt) + steps for steps in runs)
-    return Speed(new_tokens / full, 1000 * (full - single) / (new_tokens - 1), tokens)
+    return sum(prompt_length + steps for steps in runs)

@@ -452,6 +452,8 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         f"- training stages: {', '.join(training['stages'])}",
         f"- USD: {_num(training['usd'])}; device-hours: {_num(training['device_hours'])}; "
         f"GPU-hours: {_num(training['gpu_hours'])}; energy: {_num(training['energy_kwh'])} kWh",
+        f"- model FLOPs of training: {_num(training['flops'])} (every step of the run, "
+        "interrupted invocations included)",
         f"- accuracy gained over the base: {_points(phase1['accuracy_gain'])}, "
         f"{_per_usd(phase1['accuracy_gain_per_usd'])}", "",
         "## Limitations", "",

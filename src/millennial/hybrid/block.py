@@ -55,8 +55,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+        wide = x.float()  # one fp32 copy, kept once for backward (bf16 runs)
+        variance = wide.pow(2).mean(-1, keepdim=True)
+        return (wide * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
 
 
 def rotary_tables(

@@ -16,15 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
 from millennial.base import load_base
-from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
-from millennial.fingerprint import tensors_sha256
+from millennial.cost.planner import (
+    GIB,
+    PRECISIONS,
+    ModelShape,
+    Trainable,
+    activation_bytes_per_token,
+    memory_per_gpu,
+    model_shape,
+    precision_name,
+    training_flops_per_token,
+)
+from millennial.cost.record import CarriedForward, PlannedWork, WorkLog
+from millennial.fingerprint import code_sha256, dtype_name, tensors_sha256
 from millennial.heldout import HeldOutLosses, held_out_losses, held_out_sets, read_split
 from millennial.hybrid import (
     TRMConfig,
@@ -55,7 +66,13 @@ from millennial.params import ParamsError
 from millennial.receipt import require_validated
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData
-from millennial.train.loop import ParamGroup, TrainResult, make_accelerator, train
+from millennial.train.loop import (
+    ParamGroup,
+    TrainResult,
+    make_accelerator,
+    tokens_per_step,
+    train,
+)
 from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings, Phase2Config
 from millennial.train.state import gather_all, gather_trainable
 
@@ -116,28 +133,43 @@ def _run(
     what_trains: Callable[[int], Trainable],
     identity: dict[str, Any],
     step_context: Callable[[torch.nn.Module, int], AbstractContextManager[Any]] | None = None,
+    work: WorkLog | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran.
 
     `what_trains(step)` is what the planner counts at each step (a depth curriculum runs fewer
-    TRM calls early on).
+    TRM calls early on). `work` (the stage's meter) hears the plan before training starts and,
+    for a resumed run, what the earlier invocations did. The library's code is part of the
+    run's identity: a code change trains afresh rather than resume another code's checkpoints.
     """
     _check_optimizer_holds_exactly(model, groups)
     if paths.receipt is not None:
         require_validated(paths.receipt, paths.documents, paths.train_data.parent)
     data = PackedData.from_parquet(paths.train_data)
     held_out = _held_out_scorer(paths, config, data.block_size)
-    result = train(model, groups, data, config, paths.run, accelerator, paths.live, identity,
-                   held_out=held_out, step_context=step_context)
     shape = model_shape(model.config)
+    step_tokens = tokens_per_step(config, accelerator.num_processes, data.block_size)
     per_step = [training_flops_per_token(shape, data.block_size, what_trains(step),
                                          grad_checkpointing=config.gradient_checkpointing).model
-                for step in range(result.resumed_from_step, result.steps)]
-    # Only the tokens this run trained on (a resumed run's earlier part was metered then).
-    trained = result.tokens * (result.steps - result.resumed_from_step) // max(result.steps, 1)
-    per_token = sum(per_step) / len(per_step) if per_step else 0.0
-    measured: dict[str, Any] = {"tokens_this_run": trained, "flops_per_token": per_token,
-                                "flops": per_token * trained}
+                for step in range(config.max_steps)]
+    if work is not None:
+        work.plan(_plan(model, shape, sum(per_step), step_tokens, data.block_size, config,
+                        accelerator, what_trains(config.max_steps - 1)))
+    result = train(model, groups, data, config, paths.run, accelerator, paths.live,
+                   {**identity, "code": code_sha256()}, held_out=held_out,
+                   step_context=step_context)
+    done = range(result.resumed_from_step, result.steps)
+    trained = step_tokens * len(done)  # this invocation's (a resumed run's start was metered)
+    flops = sum(per_step[step] for step in done) * step_tokens
+    if work is not None and result.resumed_from_step:
+        work.carry_forward(CarriedForward(
+            from_step=result.resumed_from_step, tokens=result.resumed_tokens,
+            flops=sum(per_step[:result.resumed_from_step]) * step_tokens,
+            train_seconds=result.resumed_seconds))
+    measured: dict[str, Any] = {"tokens_this_run": trained,
+                                "flops_per_token": sum(per_step) / len(per_step),
+                                "flops": flops,
+                                "run_flops": sum(per_step) * step_tokens}
     for when, losses in (("before", result.held_out_before), ("after", result.held_out_after)):
         if losses is not None:
             measured[f"val_task_loss_{when}"] = losses.task
@@ -146,6 +178,33 @@ def _run(
         measured["val_loss_by_source"] = {"before": result.held_out_before.by_group,
                                           "after": result.held_out_after.by_group}
     return result, measured
+
+
+def _plan(model: torch.nn.Module, shape: ModelShape, flops_per_step_token: float,
+          step_tokens: int, block_size: int, config: TrainConfig, accelerator: Accelerator,
+          trainable: Trainable) -> PlannedWork:
+    """The planner's prediction for this training run: FLOPs of every step and the memory of
+    one device at the final step's depth (weights, optimizer state, one micro-batch)."""
+    trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen_count = sum(p.numel() for p in model.parameters()) - trainable_count
+    precision = precision_name(dtype_name(next(model.parameters()).dtype),
+                               bf16_autocast=accelerator.mixed_precision == "bf16")
+    bytes_of = PRECISIONS[precision]
+    act = activation_bytes_per_token(shape, trainable,
+                                     grad_checkpointing=config.gradient_checkpointing,
+                                     precision=bytes_of)
+    sharding = "fsdp" if accelerator.distributed_type == DistributedType.FSDP else "ddp"
+    memory = memory_per_gpu(
+        frozen_params=frozen_count, trainable_params=trainable_count,
+        activation_bytes_per_token=act["total"], micro_batch_tokens=config.batch_size * block_size,
+        gpus=accelerator.num_processes, sharding=sharding, layer_params=shape.layer_params,
+        precision=bytes_of, device_is_gpu=accelerator.device.type == "cuda")
+    return PlannedWork(
+        tokens=step_tokens * config.max_steps, flops=flops_per_step_token * step_tokens,
+        peak_memory_bytes=memory["total"] * GIB, memory_breakdown=memory,
+        basis=f"training steps only, {precision}, {accelerator.num_processes} process(es) "
+              f"{sharding}, micro-batch {config.batch_size} x {block_size} tokens",
+        precision=precision, sharding=sharding)
 
 
 def _metrics(
@@ -173,6 +232,7 @@ def run_phase1(
     settings: Phase1Settings,
     config: TrainConfig,
     accelerator: Accelerator | None = None,
+    work: WorkLog | None = None,
 ) -> dict[str, Any]:
     """Inject TRM blocks into the frozen base and train them alone; save the adapter."""
     accelerator = accelerator or make_accelerator(config)
@@ -197,7 +257,7 @@ def run_phase1(
 
     result, held_out = _run(model, groups, paths, config, accelerator,
                             lambda step: Trainable.for_phase("phase1", at_step(step)), identity,
-                            curriculum)
+                            curriculum, work)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
         save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,
@@ -213,6 +273,7 @@ def run_phase2(
     phase2: Phase2Config,
     config: TrainConfig,
     accelerator: Accelerator | None = None,
+    work: WorkLog | None = None,
 ) -> dict[str, Any]:
     """Start from phase 1, unfreeze the hybrid (or the listed modules), train with two LRs.
 
@@ -240,7 +301,7 @@ def run_phase2(
                 "phase1": tensors_sha256(trm), "trm": model.trm_config.to_dict()}
     planned = _phase2_trainable(base, model.trm_config)
     result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
-                            identity)
+                            identity, work=work)
     weights = gather_all(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         save_hybrid(accelerator.unwrap_model(model), weights, paths.base, paths.out)
@@ -293,6 +354,7 @@ def run_lora(
     settings: LoraSettings,
     config: TrainConfig,
     accelerator: Accelerator | None = None,
+    work: WorkLog | None = None,
 ) -> dict[str, Any]:
     """The baseline a user would pick instead: LoRA at the TRM's trainable size, same data."""
     accelerator = accelerator or make_accelerator(config)
@@ -312,7 +374,7 @@ def run_lora(
                 "lora": asdict(settings)}
     planned = Trainable.for_phase("lora", None, lora_rank=rank)
     result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
-                            identity)
+                            identity, work=work)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         with atomic_dir(paths.out) as tmp:
@@ -328,6 +390,8 @@ def run_llama_pro(
     settings: LlamaProSettings,
     config: TrainConfig,
     accelerator: Accelerator | None = None,
+    work: WorkLog | None = None,
+    where: str | Path = "params.yaml",
 ) -> dict[str, Any]:
     """The other baseline: LLaMA Pro's interleaved zero-output block copies, only they train."""
     accelerator = accelerator or make_accelerator(config)
@@ -338,7 +402,7 @@ def run_llama_pro(
     try:
         expansion = expand(model, blocks)
     except ValueError as err:
-        raise ParamsError(f"params.yaml: 'llama_pro.blocks': {err}") from err
+        raise ParamsError(f"{where}: 'llama_pro.blocks': {err}") from err
     trainable = freeze_all_but_expansion(model)
     groups = split_by_init(expansion_named_parameters(model), is_output_projection, settings.lr,
                            settings.out_lr_multiplier, "blocks")
@@ -346,7 +410,7 @@ def run_llama_pro(
                 "llama_pro": asdict(settings)}
     planned = Trainable(new_layers=expansion.positions)
     result, held_out = _run(model, groups, paths, config, accelerator, lambda _: planned,
-                            identity)
+                            identity, work=work)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:
         save_expansion(accelerator.unwrap_model(model), paths.out, tensors=weights,

@@ -50,6 +50,7 @@ class Progress:
     step: int = 0
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0  # spent in optimizer steps so far, all invocations together
 
 
 def rng_state() -> dict[str, Any]:

@@ -67,6 +67,8 @@ class TrainResult:
     tokens: int  # input tokens processed in forward passes (all processes, all supervision steps)
     losses: list[float]
     resumed_from_step: int
+    resumed_tokens: int  # what the checkpoint it resumed from had done (0: a fresh start)
+    resumed_seconds: float
     seconds: float
     held_out_before: HeldOutLosses | None  # from `held_out` on the initial weights
     held_out_after: HeldOutLosses | None  # on the final weights (the average, with EMA)
@@ -184,7 +186,8 @@ def train(
             set_rng_state(latest.rng)
             progress = latest.progress
             accelerator.print(f"resuming from {latest.path} (step {progress.step})")
-        resumed_from = progress.step
+        resumed_from, resumed_tokens = progress.step, progress.tokens
+        resumed_seconds = progress.train_seconds
         model.train()
         world, rank = accelerator.num_processes, accelerator.process_index
         global_batch = config.batch_size * world * config.grad_accum
@@ -211,9 +214,10 @@ def train(
                     scheduler.step()
                     if average is not None:
                         average.update()
-            tokens = global_batch * data.block_size * config.deep_supervision_steps
+            tokens = tokens_per_step(config, world, data.block_size)
             progress.step += 1
             progress.tokens += tokens
+            progress.train_seconds += time.perf_counter() - step_start
             progress.losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -233,8 +237,14 @@ def train(
         if average is not None:
             average.install()
         after = held_out(module) if held_out is not None else None
-        return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from, seconds,
-                           before, after)
+        return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from,
+                           resumed_tokens, resumed_seconds, seconds, before, after)
+
+
+def tokens_per_step(config: TrainConfig, processes: int, block_size: int) -> int:
+    """Input tokens one optimizer step's forwards process (all processes, supervision steps)."""
+    return (config.batch_size * processes * config.grad_accum * block_size
+            * config.deep_supervision_steps)
 
 
 # Fields that do not change what a run computes: changing them keeps its checkpoints.
