@@ -86,3 +86,19 @@ def test_cli_writes_the_audit(tmp_path, capsys) -> None:
     assert out.read_text().startswith("# Audit of seed-cost-breakdown.md")
     assert "contradictions" in capsys.readouterr().out
     assert [p.name for p in out.parent.iterdir()] == ["seed_audit.md"]
+
+
+def test_the_audit_prices_serving_alternatives_and_published_runs(report: str) -> None:
+    audit = audit_seed()
+    titles = [section.title for section in audit.sections]
+    for start in ("9. Serving", "10. What the same tokens cost", "11. The planner against",
+                  "12. Deep supervision"):
+        assert any(title.startswith(start) for title in titles), start
+    text = " ".join(audit.contradictions)
+    assert "5.58x the base's FLOPs per token to serve" in text  # 70B + 15B decoding
+    assert "'4 A100s' cannot run phase 1" in text  # Level 2's memory claim
+    # the planner against Meta's published Llama-2 GPU-hours: implied MFU 0.42-0.46
+    assert "184,320 GPU-h (Llama-2 paper)" in report and "MFU of 0.42-0.46" in report
+    assert "2,830 GPU-h (paper)" in report
+    assert "8-bit AdamW" in report and "offloaded to CPU" in report
+    assert "16 deep-supervision steps" in report

@@ -22,9 +22,15 @@ from millennial.cost.planner import (
     MAX_GPUS,
     MFU_MULTI_GPU,
     Plan,
+    Precision,
+    Trainable,
+    lora_parameters,
+    min_gpus,
     model_shape,
     plan,
+    serving_cost,
     tokens_for_gpu_hours,
+    training_flops_per_token,
 )
 from millennial.cost.presets import PRESETS
 from millennial.hybrid.config import TRMConfig
@@ -80,6 +86,8 @@ DENSE_16B = {**PRESETS["llama-2-13b"], "num_hidden_layers": 50}
 TRM_PAPER = TRMConfig(hidden_size=512, num_heads=8, num_layers=2, ffn_size=1536)
 # LLaMA Pro (reference.md s2): 1.6B new parameters trained on 66.7B tokens.
 LLAMA_PRO_TOKENS_PER_PARAM = 66.7e9 / 1.6e9
+# TinyRecursiveModels' config (reference.md s7): 16 deep-supervision steps per batch.
+TRM_DEEP_SUPERVISION_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -144,10 +152,12 @@ class _Context:
     grad_checkpointing: bool
 
     def run(self, base: str | dict, phase: str, gpus: int, *, trm: TRMConfig | None = None,
-            tokens: float | None = None, budget: float | None = None) -> Plan:
+            tokens: float | None = None, budget: float | None = None,
+            lora_rank: int = 0) -> Plan:
         fields = PRESETS[base] if isinstance(base, str) else base
         return plan(
             model_shape(fields), phase=phase, device=self.device, trm=trm, tokens=tokens,
+            lora_rank=lora_rank,
             budget_gpu_hours=budget, seq_len=self.seq_len, gpus=gpus, mfu=self.mfu,
             sharding="fsdp", grad_checkpointing=self.grad_checkpointing,
             base_name=base if isinstance(base, str) else "dense-16b",
@@ -224,6 +234,10 @@ def audit_seed(
         _level2(ctx),
         _reduction_claim(ctx),
         _hardware_claims(ctx),
+        _serving(ctx),
+        _alternatives(ctx),
+        _published(ctx),
+        _deep_supervision(ctx),
     ]
     audit.sections.extend(section for section, _ in sections)
     for _, contradictions in sections:
@@ -480,7 +494,12 @@ def _level2(ctx: _Context) -> tuple[Section, list[str]]:
         ("tokens 400,000 GPU-hours buy", "", _count(s_bought)),
         ("GPU-hours for Chinchilla (20/param)", "", _hours(scratch.gpu_hours)),
     ]
+    fits = (f"fits: {p.memory_per_gpu_gib:,.0f} GiB of {ctx.device.memory_gib:g} GiB per GPU"
+            if p.fits else f"does not fit: {p.memory_per_gpu_gib:,.0f} GiB per GPU needed "
+            f"against {ctx.device.memory_gib:g} GiB (fewest GPUs: {_fewest(p)})")
     findings = [
+        f"The '4 A100s' claim: phase 1 of the 13B + 3B hybrid at {ctx.seq_len} tokens per "
+        f"sequence, FSDP over 4 x {ctx.device.name}, {fits}.",
         f"The dollar arithmetic on both sides is right. The scratch side buys {_count(s_bought)} "
         f"tokens ({s_bought / scratch.tokens:.1f}x Chinchilla's {_count(scratch.tokens)}, "
         f"which would need only {_hours(scratch.gpu_hours)}, "
@@ -488,9 +507,15 @@ def _level2(ctx: _Context) -> tuple[Section, list[str]]:
         f"The hybrid side buys {_count(p.tokens)} tokens for {_count(p.trm_params)} new "
         f"parameters ({p.tokens / p.trm_params:.2f} per parameter).",
     ]
+    contradictions = [] if p.fits else [
+        f"Level 2's '4 A100s' cannot run phase 1 of the 13B + 3B hybrid at {ctx.seq_len} tokens "
+        f"per sequence: {p.memory_per_gpu_gib:,.0f} GiB per GPU are needed "
+        f"({_gib(p.memory_breakdown_gib['activations'])} of it activations), fewest GPUs "
+        f"{_fewest(p)}."]
     return Section("6. Level 2: LLaMA-2-13B + 3B TRM vs a 16B model from scratch",
                    "Hybrid: 4 A100 x 168 h x $3 = $2,016, one week. Scratch: 200 GPUs x "
-                   "2,000 h x $3 = $1,200,000, 2-3 months.", rows, findings), []
+                   "2,000 h x $3 = $1,200,000, 2-3 months.", rows, findings + contradictions), \
+        contradictions
 
 
 def _reduction_claim(ctx: _Context) -> tuple[Section, list[str]]:
@@ -573,6 +598,159 @@ def _hardware_claims(ctx: _Context) -> tuple[Section, list[str]]:
     return Section("8. Hardware claims", "8-16 A100s at $15,000 = $240,000 to buy; 'Why so "
                    "few? Only training 15B params, not 70B from scratch'.", rows,
                    contradictions), contradictions
+
+
+def _serving(ctx: _Context) -> tuple[Section, list[str]]:
+    rows: list[tuple[str, str, str]] = []
+    ratios = {}
+    for name, base, trm in (("70B + 15B", "llama-2-70b", TRM_15B),
+                            ("13B + 3B", "llama-2-13b", TRM_3B)):
+        cost = serving_cost(model_shape(PRESETS[base]), trm, ctx.seq_len)
+        ratios[name] = cost
+        rows += [
+            (f"{name}: decode FLOPs per token at context {ctx.seq_len}", "",
+             f"{_count(cost.base_flops_per_token)} base, {_count(cost.hybrid_flops_per_token)} "
+             f"hybrid ({_x(cost.flops_ratio)})"),
+            (f"{name}: KV cache per token (bf16)", "",
+             f"{cost.base_kv_bytes_per_token / 2**20:,.2f} MiB base, "
+             f"{cost.hybrid_kv_bytes_per_token / 2**20:,.2f} MiB hybrid ({_x(cost.kv_ratio)})"),
+            (f"{name}: KV cache of one {ctx.seq_len}-token sequence", "",
+             f"{_gib(cost.base_kv_bytes_per_token * ctx.seq_len / GIB)} base, "
+             f"{_gib(cost.hybrid_kv_bytes_per_token * ctx.seq_len / GIB)} hybrid"),
+        ]
+    big = ratios["70B + 15B"]
+    contradictions = [
+        f"The seed costs training only. Every generated token runs the recursion: the 70B + "
+        f"15B hybrid costs {_x(big.flops_ratio)} the base's FLOPs per token to serve and its "
+        f"KV cache is {_x(big.kv_ratio)} the base's (TRM attention '{big.trm_attention}'), so "
+        "at the same utilisation serving costs that many times the GPU-hours per token.",
+    ]
+    return Section("9. Serving: what each generated token costs",
+                   "Not costed by the seed (it prices training only).", rows,
+                   contradictions), contradictions
+
+
+# What a user could do with the optimizer state instead (assumed byte counts per parameter).
+_ADAM_8BIT = Precision("bf16 + 8-bit AdamW", 2, 2, 10, 2)  # bf16 w + fp32 master + grad + 2x1
+_OFFLOAD = Precision("bf16, optimizer on CPU", 2, 2, 4, 2)  # only weight and grad on GPU
+
+
+def _fewest_with(p: Plan, precision: Precision, layer_params: int) -> str:
+    fewest = min_gpus(frozen_params=p.frozen_params, trainable_params=p.trainable_params,
+                      activation_bytes_per_token=p.activation_bytes_per_token["total"],
+                      micro_batch_tokens=p.micro_batch_tokens, memory_gib=p.device_memory_gib,
+                      sharding=p.sharding, layer_params=layer_params, precision=precision)
+    return str(fewest) if fewest is not None else "none"
+
+
+def _alternatives(ctx: _Context) -> tuple[Section, list[str]]:
+    gpus = SEED["hybrid_gpus"]
+    hybrid = ctx.run("llama-2-70b", "phase1", gpus, trm=TRM_15B, budget=SEED["hybrid_gpu_hours"])
+    tokens = hybrid.tokens
+    shape = model_shape(PRESETS["llama-2-70b"])
+    matched = max(1, round(hybrid.trm_params / lora_parameters(shape, 1)))
+    runs = {
+        "TRM phase 1 (15B TRM)": hybrid,
+        "LoRA r=64": ctx.run("llama-2-70b", "lora", gpus, lora_rank=64, tokens=tokens),
+        f"LoRA r={matched} (the TRM's trainable count)": ctx.run(
+            "llama-2-70b", "lora", gpus, lora_rank=matched, tokens=tokens),
+        "full fine-tune of the 70B": ctx.run("llama-2-70b", "scratch", gpus, tokens=tokens),
+        "phase 2 (all 85B)": ctx.run("llama-2-70b", "phase2", gpus, trm=TRM_15B, tokens=tokens),
+    }
+    rows = [(f"{name}: GPU-hours, cost for {_count(tokens)} tokens", "",
+             f"{_hours(run.gpu_hours)}, {_usd(run.gpu_hours * SEED['usd_per_hour'])}; "
+             f"{_count(run.flops_per_token)} FLOPs/token; fewest {ctx.device.name}: "
+             f"{_fewest(run)}") for name, run in runs.items()]
+    full, phase2 = runs["full fine-tune of the 70B"], runs["phase 2 (all 85B)"]
+    for name, run in (("full fine-tune", full), ("phase 2", phase2)):
+        rows.append((f"{name}: fewest GPUs with 8-bit AdamW / optimizer offloaded to CPU", "",
+                     f"{_fewest_with(run, _ADAM_8BIT, shape.layer_params)} / "
+                     f"{_fewest_with(run, _OFFLOAD, shape.layer_params)}"))
+    lora = runs["LoRA r=64"]
+    findings = [
+        f"On the same {_count(tokens)} tokens a LoRA (r=64) of the 70B costs "
+        f"{_hours(lora.gpu_hours)} against the TRM's {_hours(hybrid.gpu_hours)} "
+        f"({_x(hybrid.gpu_hours / lora.gpu_hours)}), and a full fine-tune of the 70B "
+        f"{_hours(full.gpu_hours)} ({_x(hybrid.gpu_hours / full.gpu_hours)} cheaper than the "
+        "TRM): the alternatives a user would pick cost less per token, and the TRM's phase 1 "
+        "pays for its recursion.",
+        f"Memory verdicts change with the optimizer: a full fine-tune needs {_fewest(full)} "
+        f"{ctx.device.name} with AdamW, {_fewest_with(full, _ADAM_8BIT, shape.layer_params)} "
+        f"with 8-bit AdamW and {_fewest_with(full, _OFFLOAD, shape.layer_params)} with its "
+        "state offloaded to CPU (ZeRO-Offload; at the price of host memory and PCIe time). "
+        "Phase 2 stays out of reach either way: its TRM activations alone exceed a GPU.",
+    ]
+    return Section("10. What the same tokens cost with what a user would pick instead",
+                   "Not compared by the seed.", rows, findings), []
+
+
+# Published training compute the planner must reproduce at a plausible MFU.
+_LLAMA2_PUBLISHED = {"llama-2-7b": 184_320, "llama-2-13b": 368_640, "llama-2-70b": 1_720_320}
+_LLAMA2_TOKENS = 2e12
+_LLAMA_PRO = {"gpu_hours": 2_830, "tokens": 80e9, "tokens_low": 66.7e9, "device": "H800",
+              "blocks": 8}
+
+
+def _published(ctx: _Context) -> tuple[Section, list[str]]:
+    a100 = GPUS["A100-80GB"]
+    rows = []
+    implied = []
+    for name, hours in _LLAMA2_PUBLISHED.items():
+        p = plan(model_shape(PRESETS[name]), phase="scratch", device=a100,
+                 tokens=_LLAMA2_TOKENS, seq_len=4096, gpus=2048, mfu=ctx.mfu)
+        mfu = p.total_flops / (hours * 3600 * a100.peak_flops)
+        implied.append(mfu)
+        rows.append((f"{name} on 2T tokens (A100-80GB)", f"{hours:,} GPU-h (Llama-2 paper)",
+                     f"{_hours(p.gpu_hours)} at MFU {ctx.mfu:.2f}; published hours imply "
+                     f"MFU {mfu:.2f}"))
+    base = PRESETS["llama-2-7b"]
+    layers = base["num_hidden_layers"]
+    every = layers // _LLAMA_PRO["blocks"]
+    expanded = model_shape({**base, "num_hidden_layers": layers + _LLAMA_PRO["blocks"]})
+    new = tuple(i * (every + 1) + every for i in range(_LLAMA_PRO["blocks"]))
+    per_token = training_flops_per_token(expanded, 4096, Trainable(new_layers=new)).model
+    h800 = GPUS[_LLAMA_PRO["device"]]
+    pro_mfu = per_token * _LLAMA_PRO["tokens"] / (_LLAMA_PRO["gpu_hours"] * 3600 * h800.peak_flops)
+    low_mfu = pro_mfu * _LLAMA_PRO["tokens_low"] / _LLAMA_PRO["tokens"]
+    rows.append(("LLaMA Pro-8.3B: 8 blocks on LLaMA-2-7B, 80B tokens (H800)",
+                 f"{_LLAMA_PRO['gpu_hours']:,} GPU-h (paper)",
+                 f"{_hours(per_token * _LLAMA_PRO['tokens'] / (h800.peak_flops * ctx.mfu) / 3600)}"
+                 f" at MFU {ctx.mfu:.2f}; published hours imply MFU {pro_mfu:.2f} "
+                 f"({low_mfu:.2f} if the 66.7B tokens quoted elsewhere)"))
+    findings = [
+        f"The planner's FLOPs reproduce Meta's published Llama-2 GPU-hours at an MFU of "
+        f"{min(implied):.2f}-{max(implied):.2f}, the range tuned multi-GPU training reaches "
+        f"(reference.md s3): its {ctx.mfu:.2f} assumption is in line with the runs it prices.",
+        f"LLaMA Pro's 2,830 H800-hours imply MFU {low_mfu:.2f}-{pro_mfu:.2f} for training "
+        "added blocks on a "
+        "frozen base (a lower utilisation than dense pretraining): planning a TRM phase 1 at "
+        f"{ctx.mfu:.2f} is, if anything, optimistic.",
+    ]
+    return Section("11. The planner against published training runs",
+                   "Anchors the seed does not use.", rows, findings), []
+
+
+def _deep_supervision(ctx: _Context) -> tuple[Section, list[str]]:
+    gpus = SEED["hybrid_gpus"]
+    p = ctx.run("llama-2-70b", "phase1", gpus, trm=TRM_15B, budget=SEED["hybrid_gpu_hours"])
+    steps = TRM_DEEP_SUPERVISION_STEPS
+    rows = [
+        ("phase-1 tokens 8,064 GPU-hours buy, one supervision step per batch", "",
+         _count(p.tokens)),
+        (f"the same with TRM's {steps} deep-supervision steps per batch", "",
+         f"{_count(p.tokens / steps)} tokens of data ({steps} forward and backward passes "
+         "over each batch)"),
+        (f"GPU-hours for the seed's token budget with {steps} steps", "",
+         _hours(p.gpu_hours * steps)),
+    ]
+    findings = [
+        f"The audit prices one supervision step per batch. TRM's own recipe runs {steps} "
+        f"(N_sup), each a full forward and backward pass over the batch: with it phase 1 "
+        f"costs {steps}x per token of data, and the seed's 8,064 GPU-hours see "
+        f"{_count(p.tokens / steps)} tokens of data, not {_count(p.tokens)}.",
+    ]
+    return Section("12. Deep supervision (N_sup)", "Not mentioned by the seed.", rows,
+                   findings), []
 
 
 # --------------------------------------------------------------------------- rendering

@@ -525,7 +525,7 @@ def precision_name(dtype: str, bf16_autocast: bool = False) -> str:
         return "bf16-autocast" if bf16_autocast else "fp32"
     raise ValueError(f"no planner precision for {dtype} weights (known: bfloat16, float32)")
 CUDA_CONTEXT_BYTES = GIB  # CUDA context, cuBLAS workspace and NCCL buffers per GPU (assumed)
-ADAMW_TEMPORARY_BYTES = 8  # per trainable parameter: foreach AdamW's fp32 intermediates
+ADAMW_TEMPORARY_BYTES = 4  # per trainable parameter: foreach AdamW's fp32 sqrt(v) temporary
 FSDP_GATHERED_LAYERS = 2  # the layer running and the one prefetched, unsharded
 
 
