@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{stage}: phase 2 was not trained (skipped)", file=sys.stderr)
             return 0
         with Meter(stage, params_path=args.params, out_dir=args.cost_dir) as meter:
-            evaluation = evaluate_arm(args.arm, PATHS, config, work=meter)
+            evaluation = evaluate_arm(args.arm, PATHS, config, work=meter,
+                                      where=str(args.params))
             write_arm(evaluation, args.arm, SUMMARIES / f"{args.arm}.json",
                       EXAMPLES / f"{args.arm}.parquet")
         return 0

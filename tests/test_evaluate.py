@@ -21,7 +21,7 @@ from millennial.cost.planner import forward_flops_per_token, model_shape, trm_ca
 from millennial.data import TEXT_KIND, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
-from millennial.evaluate import flops_per_token
+from millennial.evaluate import EvalConfig, flops_per_token, prepare_data
 from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, load_arm
 from millennial.evaluate.metrics import (
     ANSWER_SLACK,
@@ -33,6 +33,7 @@ from millennial.evaluate.metrics import (
 from millennial.heldout import pad_batch, read_split
 from millennial.hybrid import TRMConfig
 from millennial.hybrid.injection import Depth, recursion_depth
+from millennial.params import ParamsError
 from millennial.train.arms import Paths, run_llama_pro, run_lora, run_phase1
 from millennial.train.config import TrainConfig
 from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings
@@ -324,3 +325,11 @@ def test_the_report_stage_needs_the_lineage_in_dvc_lock(
         patch.chdir(evaluated)
         assert _stage_main("report", patch)([]) == 2
     assert "dvc.lock: not found" in capsys.readouterr().err
+
+
+def test_an_answer_longer_than_max_new_tokens_names_the_params_file_read(
+        workspace: Path) -> None:
+    tokenizer, _ = load_tokenizer(workspace / "models/base")
+    config = EvalConfig.from_params({**EVALUATE, "max_new_tokens": 1}, "custom.yaml")
+    with pytest.raises(ParamsError, match=r"^custom\.yaml: 'evaluate\.max_new_tokens' is 1"):
+        prepare_data(workspace / "data/curated/documents", tokenizer, config, "custom.yaml")

@@ -171,8 +171,9 @@ class EvalData:
 
 
 def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
-                 config: EvalConfig) -> EvalData:
-    """Select the examples and texts (deterministically) and tokenize them as training did."""
+                 config: EvalConfig, where: str = "params.yaml") -> EvalData:
+    """Select the examples and texts (deterministically) and tokenize them as training did;
+    `where` is the params file `config` came from (named when an answer outgrows it)."""
     splits = sorted({*config.splits, *config.sweep.splits, HELD_OUT})
     rows = {split: read_split(documents, split) for split in splits}
     examples = select_examples(itertools.chain.from_iterable(rows[s] for s in config.splits),
@@ -181,7 +182,7 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
         raise DataError(f"{documents}: no task rows in splits {list(config.splits)}")
     longest = max(len(ids) + 1 for ids in answer_ids(examples, tokenizer))
     if longest > config.max_new_tokens:
-        raise ParamsError(f"params.yaml: 'evaluate.max_new_tokens' is {config.max_new_tokens} "
+        raise ParamsError(f"{where}: 'evaluate.max_new_tokens' is {config.max_new_tokens} "
                           f"but an answer needs {longest} tokens (EOS included): raise it")
     sweep_examples = select_examples(
         itertools.chain.from_iterable(rows[s] for s in config.sweep.splits),
@@ -332,12 +333,12 @@ def plan_evaluation(name: str, model: PreTrainedModel, tokenizer: PreTrainedToke
 
 
 def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
-                 work: WorkLog | None = None) -> ArmEvaluation | None:
+                 work: WorkLog | None = None, where: str = "params.yaml") -> ArmEvaluation | None:
     """Score one arm on the shared examples (None: a phase 2 that was not trained); `work`
     (the stage's meter) hears the plan before scoring and what scoring cost after."""
     torch.manual_seed(config.seed)  # nothing samples; this pins any library-internal RNG use
     tokenizer = AutoTokenizer.from_pretrained(paths.arms.base)
-    data = prepare_data(paths.documents, tokenizer, config)
+    data = prepare_data(paths.documents, tokenizer, config, where)
     probe = encode_prompts([e.prompt for e in data.examples[:4]], tokenizer, data.eos_id)
     model = load_arm(name, paths.arms, *pad_batch(probe, data.pad_id, "left"))
     if model is None:
