@@ -32,7 +32,7 @@ from millennial.evaluate.metrics import (
 )
 from millennial.heldout import pad_batch, read_split
 from millennial.hybrid import TRMConfig
-from millennial.hybrid.injection import Depth, recursion_depth
+from millennial.hybrid.injection import Depth, recursion_depth, trm_blocks
 from millennial.params import ParamsError
 from millennial.train.arms import Paths, run_llama_pro, run_lora, run_phase1
 from millennial.train.config import TrainConfig
@@ -333,3 +333,26 @@ def test_an_answer_longer_than_max_new_tokens_names_the_params_file_read(
     config = EvalConfig.from_params({**EVALUATE, "max_new_tokens": 1}, "custom.yaml")
     with pytest.raises(ParamsError, match=r"^custom\.yaml: 'evaluate\.max_new_tokens' is 1"):
         prepare_data(workspace / "data/curated/documents", tokenizer, config, "custom.yaml")
+
+
+def test_the_model_card_is_hub_ready_and_its_loading_snippet_works(evaluated: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(evaluated / "models/phase1/README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "millennial" and data["license"] == "apache-2.0"
+    assert data["datasets"] == ["trivial"] and "trm" in data["tags"] and data["base_model"]
+    results = card.data.eval_results
+    assert results and {r.metric_type for r in results} == {"exact_match"}
+    eval_json = json.loads((evaluated / "metrics/eval.json").read_text())
+    first = results[0]
+    task, split = first.dataset_name, first.dataset_split
+    assert first.metric_value == eval_json["arms"]["phase1"]["tasks"][task][split]["exact"][
+        "accuracy"]
+    snippet = card.content.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) == 3
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(evaluated)
+        scope: dict[str, object] = {}
+        exec(snippet, scope)  # the three lines, as a user would paste them
+    assert trm_blocks(scope["model"])

@@ -404,6 +404,16 @@ def _yaml_block(data: Any) -> list[str]:
     return ["```yaml", yaml.safe_dump(data, sort_keys=False).rstrip(), "```"]
 
 
+def _model_index(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Phase 1's exact match per (task, split), in the Hub's `model-index` form."""
+    cells = result["arms"]["phase1"]["tasks"]
+    return [{"task": {"type": "text-generation", "name": f"{task} ({split})"},
+             "dataset": {"type": f"millennial/{task}", "name": task, "split": split},
+             "metrics": [{"type": "exact_match", "name": "exact match (greedy)",
+                          "value": cells[task][split]["exact"]["accuracy"]}]}
+            for task, splits in sorted(cells.items()) for split in sorted(splits)]
+
+
 def render_model_card(result: dict[str, Any], provenance: Provenance,
                       lineage_markdown: str) -> str:
     """A Hugging Face model card for the phase-1 TRM adapter, its lineage last."""
@@ -417,6 +427,7 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         "pipeline_tag": "text-generation",
     }
     phase1 = result["arms"]["phase1"]
+    front["model-index"] = [{"name": "trm-phase1", "results": _model_index(result)}]
     training = phase1["training"]
     params = provenance.params
     setup = {key: params[key] for key in ("trm", "train") if key in params}
@@ -427,7 +438,13 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         "Tiny Recursive Model blocks injected into a frozen causal LM and trained alone. "
         "This artifact holds only the TRM weights (`trm.safetensors`, `trm_config.json`); load "
         "it onto its base with `millennial.hybrid.load_trm(base_model, directory)`, which "
-        "refuses a base whose weights hash differently.", "",
+        "refuses a base whose weights hash differently:", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM",
+        "from millennial.hybrid import load_trm",
+        "model = load_trm(AutoModelForCausalLM.from_pretrained(\"models/base\"), "
+        "\"models/phase1\")",
+        "```", "",
         "## Base model", "",
         f"- name: {base['name']}",
         f"- revision: {base.get('revision') or '-'}",
