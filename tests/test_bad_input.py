@@ -133,6 +133,11 @@ CASES: dict[str, tuple[str, Edit, str]] = {
                              r"temperature"),
     "evaluate.max_examples 0": ("evaluate_arm", put("evaluate.max_examples", 0),
                                 r"evaluate\.max_examples"),
+    "evaluate.harness typo": ("evaluate_arm", put("evaluate.harness.hub_taks", ["hellaswag"]),
+                              r"hub_taks"),
+    "evaluate.harness Hub task offline": ("evaluate_arm",
+                                          put("evaluate.harness.hub_tasks", ["hellaswag"]),
+                                          r"evaluate\.harness\.hub_tasks.*offline"),
 }
 # Not a params edit: the file itself is unusable.
 RAW = {

@@ -21,7 +21,7 @@ from millennial.cost.planner import forward_flops_per_token, model_shape, trm_ca
 from millennial.data import TEXT_KIND, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
-from millennial.evaluate import EvalConfig, flops_per_token, prepare_data
+from millennial.evaluate import EvalConfig, EvalPaths, evaluate_arm, flops_per_token, prepare_data
 from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, load_arm
 from millennial.evaluate.metrics import (
     ANSWER_SLACK,
@@ -356,3 +356,49 @@ def test_the_model_card_is_hub_ready_and_its_loading_snippet_works(evaluated: Pa
         scope: dict[str, object] = {}
         exec(snippet, scope)  # the three lines, as a user would paste them
     assert trm_blocks(scope["model"])
+
+
+def test_the_harness_scores_every_arm_and_agrees_with_our_exact_match(evaluated: Path) -> None:
+    compared = json.loads((evaluated / "metrics/eval.json").read_text())
+    learned = 0.0
+    for arm in ("base", "phase1", "lora", "llama_pro"):
+        harness = json.loads((evaluated / f"metrics/eval/{arm}.json").read_text())["harness"]
+        assert compared["arms"][arm]["harness"] == harness
+        rows = pq.read_table(evaluated / f"data/eval/{arm}.parquet").to_pylist()
+        for split in ("test", "test_ood"):
+            task = f"millennial_{split}"
+            ours = [r["exact"] for r in rows if r["split"] == split]  # 8 per cell < 16: all
+            assert harness["agreement"][task] == {"n": len(ours), "same": len(ours)}, arm
+            assert harness["tasks"][task]["n"] == len(ours)
+            assert harness["tasks"][task]["exact_match"] == pytest.approx(sum(ours) / len(ours))
+            if arm == "phase1":
+                learned += harness["tasks"][task]["exact_match"]
+        assert harness["tokens"] > 0 and harness["lm_eval_version"]
+    assert learned > 0  # the trained arm answers some: agreement is not all-wrong vs all-wrong
+
+
+def test_a_hub_task_asked_for_offline_fails_at_once(workspace: Path) -> None:
+    config = EvalConfig.from_params({**EVALUATE, "harness": {"hub_tasks": ["hellaswag"]}},
+                                    "custom.yaml")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DATASETS_OFFLINE", "1")
+        with pytest.raises(ParamsError, match=r"^custom\.yaml: 'evaluate\.harness\.hub_tasks' "
+                                              r"lists \['hellaswag'\].*offline"):
+            evaluate_arm("base", EvalPaths(_arm_paths(workspace),
+                                           workspace / "data/curated/documents"),
+                         config, where="custom.yaml")
+    for bad, message in (({"enabled": "yes"}, "enabled"), ({"max_examples": 0}, "max_examples"),
+                         ({"hub_taks": []}, "hub_taks"), ({"hub_limit": -1}, "hub_limit")):
+        with pytest.raises(ParamsError, match=message):
+            EvalConfig.from_params({**EVALUATE, "harness": bad})
+
+
+def test_the_harness_section_reads_as_params_yaml_spells_it() -> None:
+    config = EvalConfig.from_params(
+        {**EVALUATE, "harness": {"enabled": True, "max_examples": 4, "hub_tasks": [],
+                                 "hub_limit": None}}).harness
+    assert (config.enabled, config.max_examples, config.hub_tasks, config.hub_limit) == (
+        True, 4, (), None)
+    config = EvalConfig.from_params(
+        {**EVALUATE, "harness": {"hub_tasks": ["hellaswag", "gsm8k"], "hub_limit": 50}}).harness
+    assert (config.hub_tasks, config.hub_limit) == (("hellaswag", "gsm8k"), 50)

@@ -39,6 +39,12 @@ from millennial.cost.record import PlannedWork, WorkLog
 from millennial.data import TEXT_KIND, DataError
 from millennial.data.pack import Encoded
 from millennial.evaluate.arms import ARMS, RECURSIVE_ARMS, ArmPaths, load_arm
+from millennial.evaluate.harness import (
+    HarnessConfig,
+    check_hub_reachable,
+    harness_tokens_bound,
+    run_harness,
+)
 from millennial.evaluate.metrics import (
     TaskExample,
     answer_ids,
@@ -96,12 +102,13 @@ class EvalConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     fleet: str = "8xA100-80GB"  # the report's projection of the run onto a GPU fleet
     mfu: float = 0.40
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
     @classmethod
     def from_params(cls, raw: Any, where: str = "params.yaml") -> EvalConfig:
         top = Options(raw, "evaluate", where)
         top.only("seed", "splits", "max_examples", "max_new_tokens", "batch_size", "perplexity",
-                 "speed", "sweep", "report")
+                 "speed", "sweep", "report", "harness")
         ppl = Options(top.get("perplexity", {}), "evaluate.perplexity", where)
         ppl.only("text_docs", "max_length", "batch_size")
         speed = Options(top.get("speed", {}), "evaluate.speed", where)
@@ -131,6 +138,8 @@ class EvalConfig:
             ),
             fleet=report.text("fleet", d.fleet),
             mfu=report.number("mfu", d.mfu, low=1e-6, high=1.0),
+            harness=HarnessConfig.from_options(
+                Options(top.get("harness", {}), "evaluate.harness", where)),
         )
 
 
@@ -305,7 +314,9 @@ def plan_evaluation(name: str, model: PreTrainedModel, tokenizer: PreTrainedToke
     (every decode at its full budget), their FLOPs at each depth scored, and peak memory."""
     speed = speed_tokens(len(data.speed_prompt), config.speed_new_tokens, config.speed_repeats)
     tokens = (scoring_tokens_bound(data.examples, tokenizer, config.max_new_tokens)
-              + sum(len(s.ids) for s in data.text) + speed)
+              + sum(len(s.ids) for s in data.text) + speed
+              + harness_tokens_bound(data.examples, tokenizer, config.splits, config.harness,
+                                     config.max_new_tokens))
     flops = tokens * flops_per_token(model, data.context)
     if name in RECURSIVE_ARMS:
         point = scoring_tokens_bound(data.sweep_examples, tokenizer, config.max_new_tokens) + speed
@@ -328,7 +339,8 @@ def plan_evaluation(name: str, model: PreTrainedModel, tokenizer: PreTrainedToke
     return PlannedWork(tokens=tokens, flops=flops, peak_memory_bytes=memory["total"] * GIB,
                        memory_breakdown=memory,
                        basis=f"evaluation of {name}: decoding at its full budget (an upper "
-                             "bound), teacher-forced scoring, perplexity, speed",
+                             "bound), teacher-forced scoring, perplexity, speed, the harness's "
+                             "shipped tasks",
                        precision=precision_name(dtype_name(parameter.dtype)))
 
 
@@ -336,6 +348,7 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
                  work: WorkLog | None = None, where: str = "params.yaml") -> ArmEvaluation | None:
     """Score one arm on the shared examples (None: a phase 2 that was not trained); `work`
     (the stage's meter) hears the plan before scoring and what scoring cost after."""
+    check_hub_reachable(config.harness, where)
     torch.manual_seed(config.seed)  # nothing samples; this pins any library-internal RNG use
     tokenizer = AutoTokenizer.from_pretrained(paths.arms.base)
     data = prepare_data(paths.documents, tokenizer, config, where)
@@ -356,6 +369,14 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
     per_token = flops_per_token(model, data.context)
     tokens = (scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
               + sum(len(s.ids) for s in data.text) + speed.tokens)
+    harness = None
+    if config.harness.enabled:
+        ours = {(e.split, e.content_hash): s.exact
+                for e, s in zip(data.examples, scored.scores, strict=True)}
+        harness = run_harness(model, tokenizer, data.examples, ours, config.splits,
+                              config.harness, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.batch_size, seed=config.seed)
+        tokens += harness.tokens
     flops = tokens * per_token
     sweep: list[dict[str, Any]] = []
     if name in RECURSIVE_ARMS:
@@ -377,6 +398,7 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
         "trm_config": model.trm_config.to_dict() if name in RECURSIVE_ARMS else None,
         "halting_mean_cycles": halting_cycles,  # None without halting heads
         "sweep": sweep,
+        "harness": asdict(harness) if harness else None,
         "tokens": tokens,
         "flops": flops,
         "settings": asdict(config),
@@ -441,6 +463,7 @@ def compare(evaluations: dict[str, ArmEvaluation], training: dict[str, dict[str,
             "latency_vs_base": _ratio(summary["latency_ms_per_token"],
                                       base["latency_ms_per_token"]),
             "training": training[name],
+            "harness": summary.get("harness"),
         }
     comparisons = {
         f"{mine}_vs_{rival}": compare_arms(evaluations[mine].examples,

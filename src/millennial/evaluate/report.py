@@ -219,6 +219,29 @@ def _comparison_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _harness_table(result: dict[str, Any]) -> list[str]:
+    """lm-evaluation-harness scores per arm and task, with n and (for our own tasks) how many
+    examples its exact match agrees with ours on."""
+    names = [n for n in arm_names(result) if result["arms"][n].get("harness")]
+    if not names:
+        return ["The harness did not run (`evaluate.harness.enabled: false`)."]
+    tasks = sorted({task for n in names for task in result["arms"][n]["harness"]["tasks"]})
+    lines = ["| task | " + " | ".join(ARM_LABELS[n] for n in names) + " |",
+             "|" + " --- |" * (1 + len(names))]
+    for task in tasks:
+        shown = []
+        for name in names:
+            harness = result["arms"][name]["harness"]
+            scores = harness["tasks"].get(task, {})
+            main = next((k for k in ("exact_match", "acc_norm", "acc") if k in scores), None)
+            agree = harness["agreement"].get(task)
+            text = (f"{main} {_pct(scores[main])} (n={int(scores.get('n', 0))})" if main
+                    else "-")
+            shown.append(text + (f", agrees {agree['same']}/{agree['n']}" if agree else ""))
+        lines.append(f"| {task} | " + " | ".join(shown) + " |")
+    return lines
+
+
 def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]],
                          figures: dict[str, str]) -> str:
     """reports/eval.md; `figures` maps a caption to a path relative to the report."""
@@ -292,7 +315,19 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
             *_sweep_table(sweep),
             "",
         ]
-    lines += ["## Figures", ""]
+    lines += [
+        "## lm-evaluation-harness",
+        "",
+        "EleutherAI's harness on the same model objects (`HFLM(pretrained=model)`). "
+        "`millennial_<split>`: the task YAMLs shipped in `src/millennial/evaluate/harness_tasks/` "
+        f"over the first {settings['harness']['max_examples']} examples of each (task, split); "
+        "\"agrees\" counts the examples whose harness exact match equals ours (they measure the "
+        "same thing). Hub tasks (`evaluate.harness.hub_tasks`) run on networked machines only.",
+        "",
+        *_harness_table(result),
+        "",
+        "## Figures", "",
+    ]
     lines += [f"![{caption}]({path})" for caption, path in figures.items()]
     lines += ["", f"FLOPs in the cost record: {result['flops_method']}.", ""]
     return "\n".join(lines)
@@ -405,13 +440,25 @@ def _yaml_block(data: Any) -> list[str]:
 
 
 def _model_index(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Phase 1's exact match per (task, split), in the Hub's `model-index` form."""
-    cells = result["arms"]["phase1"]["tasks"]
-    return [{"task": {"type": "text-generation", "name": f"{task} ({split})"},
-             "dataset": {"type": f"millennial/{task}", "name": task, "split": split},
-             "metrics": [{"type": "exact_match", "name": "exact match (greedy)",
-                          "value": cells[task][split]["exact"]["accuracy"]}]}
-            for task, splits in sorted(cells.items()) for split in sorted(splits)]
+    """Phase 1's exact match per (task, split), then its lm-evaluation-harness scores, in the
+    Hub's `model-index` form."""
+    phase1 = result["arms"]["phase1"]
+    cells = phase1["tasks"]
+    results = [{"task": {"type": "text-generation", "name": f"{task} ({split})"},
+                "dataset": {"type": f"millennial/{task}", "name": task, "split": split},
+                "metrics": [{"type": "exact_match", "name": "exact match (greedy)",
+                             "value": cells[task][split]["exact"]["accuracy"]}]}
+               for task, splits in sorted(cells.items()) for split in sorted(splits)]
+    harness = phase1.get("harness") or {"tasks": {}}
+    for task, scores in sorted(harness["tasks"].items()):
+        metrics = [{"type": name, "name": f"lm-eval {name}", "value": value}
+                   for name, value in sorted(scores.items())
+                   if name != "n" and not name.endswith("_stderr")]
+        if metrics:
+            results.append({"task": {"type": "text-generation", "name": f"lm-eval {task}"},
+                            "dataset": {"type": task, "name": task},
+                            "metrics": metrics})
+    return results
 
 
 def render_model_card(result: dict[str, Any], provenance: Provenance,
