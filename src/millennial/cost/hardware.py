@@ -149,7 +149,10 @@ def measure_matmul_flops(size: int = 1024, repeats: int = 10) -> float:
 
 
 def cpu_peak_flops(*, cache_dir: str | Path | None = None, refresh: bool = False) -> float:
-    """The host's matmul peak, measured once per (CPU model, core count) and cached as JSON."""
+    """The host's matmul peak: the best of every probe on this (CPU model, core count), kept
+    as JSON. Each call probes again (a fraction of a second) and keeps the higher figure, so a
+    probe that ran while the machine was busy (which reads low, and would make every later MFU
+    read high) is corrected by the next quiet one; `refresh` forgets the kept figure."""
     path = Path(cache_dir or cache_dir_default()) / "cpu_peak.json"
     key = f"{cpu_model_name()}|cores={cpu_cores()}"
     cached: dict[str, float] = {}
@@ -158,9 +161,10 @@ def cpu_peak_flops(*, cache_dir: str | Path | None = None, refresh: bool = False
             cached = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             cached = {}  # a corrupt cache is re-measured and overwritten
-    if not refresh and isinstance(cached.get(key), (int, float)):
-        return float(cached[key])
+    kept = cached.get(key)
     peak = measure_matmul_flops()
+    if not refresh and isinstance(kept, int | float) and kept > peak:
+        return float(kept)
     write_json(path, {**cached, key: peak})
     return peak
 
