@@ -1,9 +1,9 @@
 """Sweeps on a fleet: one deployment run per grid point, each a DVC experiment, side by side.
 
 `sweep(grid)` submits one run of the `sweep-point` deployment per point (`run_deployment`) to
-its work pool, all at once: each worker runs `dvc exp run -n <name> -S key=value ...` in its
-own checkout and pushes the experiment (git refs and DVC outputs) to the shared remotes. The
-sweep then pulls every finished point into its own checkout and publishes one comparison: a
+its work pool, all at once: each worker runs `dvc exp run --temp -n <name> -S key=value ...`
+from its own checkout and pushes the experiment (git refs and DVC outputs) to the shared
+remotes. The sweep then pulls every finished point into its own checkout and publishes one comparison: a
 table of each point's params, metrics and cost, and a PNG of the metric against the cost.
 A failed point is listed with its error; the others go on. `dvc exp show` on any checkout
 lists every point after `dvc exp pull`. Setup: README.md, "Sweeps on a fleet".
@@ -95,12 +95,15 @@ def read_grid(path: Path) -> dict[str, list[Any]]:
 @flow(name="millennial-sweep-point")
 def sweep_point(name: str, overrides: dict[str, str], repo_root: str = ".",
                 git_remote: str = "origin", timeout_s: float = STAGE_TIMEOUT_S) -> str:
-    """Run one point as a DVC experiment in this worker's checkout and push it (git refs to
-    `git_remote`, outputs to the default DVC remote)."""
+    """Run one point as a DVC experiment from this worker's checkout and push it (git refs to
+    `git_remote`, outputs to the default DVC remote). `--temp`: it runs in a temporary copy,
+    so the checkout keeps its own params and every point starts from the same baseline (run
+    in the workspace, a point would inherit the values the previous point set)."""
     root = str(Path(repo_root).resolve())
     limit = workspace_limit(Path(root))
     settings = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
-    dvc_command(f"exp-run {name}", ["exp", "run", "-n", name, *settings], root, limit, timeout_s)
+    dvc_command(f"exp-run {name}", ["exp", "run", "--temp", "-n", name, *settings], root, limit,
+                timeout_s)
     dvc_command(f"exp-push {name}", ["exp", "push", git_remote, name], root, limit, timeout_s)
     return name
 

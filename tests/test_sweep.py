@@ -165,6 +165,8 @@ def test_a_grid_fans_out_over_two_workers_and_a_third_clone_sees_every_point(
     hosts = {log for log in ("w1", "w2") if "grid-" in (fleet["base"] / f"{log}.log").read_text(
         errors="replace")}
     assert hosts == {"w1", "w2"}, "both workers should have taken points"
+    for name in ("w1", "w2"):  # each point ran from the baseline, not the previous point
+        assert git(["status", "--porcelain"], fleet[name]) == ""
     third = fleet["w3"]
     dvc(["exp", "pull", "origin", "grid-00", "grid-01", "grid-02", "grid-03"], third)
     shown = json.loads(dvc(["exp", "show", "--json"], third))
