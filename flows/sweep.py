@@ -3,8 +3,9 @@
 `sweep(grid)` submits one run of the `sweep-point` deployment per point (`run_deployment`) to
 its work pool, all at once: each worker runs `dvc exp run --temp -n <name> -S key=value ...`
 from its own checkout and pushes the experiment (git refs and DVC outputs) to the shared
-remotes. The sweep then pulls every finished point into its own checkout and publishes one comparison: a
-table of each point's params, metrics and cost, and a PNG of the metric against the cost.
+remotes. The sweep then pulls every finished point into its own checkout and publishes one
+comparison: a table of each point's params, metrics and cost, and a PNG of the metric against
+the cost.
 A failed point is listed with its error; the others go on. `dvc exp show` on any checkout
 lists every point after `dvc exp pull`. Setup: README.md, "Sweeps on a fleet".
 """
