@@ -1,18 +1,32 @@
 """Planner accuracy: predicted vs measured phase-1 step time for three base sizes.
 
-The planner turns FLOPs into time through one number, the MFU. Calibrate it on the smallest base
-(the MFU a real step achieved there), then predict the step time of two larger bases from their
-planner FLOPs alone and compare with what they measure. Random LLaMA bases, same TRM, same batch.
+Calibrate on the smallest base, predict the step time of two larger bases from their planner
+FLOPs, and compare with what they measure. Two calibrations side by side:
+- one MFU for the whole step (what `--calibrate` does with a cost record);
+- per-component rates (`ComponentRates`): the TRM blocks, timed alone on the calibration base
+  (`trm_block_seconds`), get their own rate, the rest of the step the base's. The TRM's narrow
+  matmuls and many small ops run far below the base's wide matmuls, and its share of the FLOPs
+  shrinks as the base grows: one MFU learnt where the TRM dominates undersells larger bases.
+Random LLaMA bases, same TRM, same batch; each step timed as the median of several after a
+warm-up.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
+from millennial.cost.components import trm_block_seconds
+from millennial.cost.planner import (
+    ComponentRates,
+    FlopBreakdown,
+    Trainable,
+    model_shape,
+    training_flops_per_token,
+)
 from millennial.hybrid import TRMConfig, freeze_base, inject
 
 BASES = {  # name: (hidden, layers, heads, intermediate)
@@ -22,11 +36,12 @@ BASES = {  # name: (hidden, layers, heads, intermediate)
 }
 TRM = TRMConfig(injection_layers=[-2, -1], hidden_size=128, num_heads=4, num_layers=2,
                 latent_steps=4, cycles=2, ffn_size=384)
-BATCH, SEQ, STEPS, VOCAB = 4, 128, 3, 8192
+BATCH, SEQ, STEPS, VOCAB = 4, 128, 7, 8192
 
 
-def measure(hidden: int, layers: int, heads: int, intermediate: int) -> tuple[float, float]:
-    """(planner FLOPs of one phase-1 step, fastest measured seconds of STEPS steps)."""
+def measure(hidden: int, layers: int, heads: int, intermediate: int, calibrating: bool
+            ) -> tuple[FlopBreakdown, float, float | None]:
+    """(planner FLOPs per token, median step seconds, TRM blocks' seconds when calibrating)."""
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads,
                          intermediate_size=intermediate)
@@ -43,28 +58,39 @@ def measure(hidden: int, layers: int, heads: int, intermediate: int) -> tuple[fl
         model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    flops = training_flops_per_token(model_shape(config), SEQ, Trainable(trm=TRM)).model
-    return flops * BATCH * SEQ, min(times[1:])
+    trm = trm_block_seconds(model, BATCH, SEQ, repeats=STEPS) if calibrating else None
+    flops = training_flops_per_token(model_shape(config), SEQ, Trainable(trm=TRM))
+    return flops, statistics.median(times[1:]), trm
 
 
 def run() -> str:
-    rows = {name: measure(*shape) for name, shape in BASES.items()}
-    calibration = next(iter(rows))
-    flops0, seconds0 = rows[calibration]
-    throughput = flops0 / seconds0  # = peak x MFU, calibrated on the smallest base
+    names = list(BASES)
+    rows = {name: measure(*BASES[name], calibrating=name == names[0]) for name in names}
+    tokens = BATCH * SEQ
+    flops0, seconds0, trm0 = rows[names[0]]
+    assert trm0 is not None
+    throughput = flops0.executed * tokens / seconds0  # one MFU: peak x MFU, calibrated
+    rates = ComponentRates.calibrate(flops0, tokens, seconds0, trm0)
     lines = [
         "## Planner accuracy: predicted vs measured phase-1 step time",
         "",
-        f"Calibrated on {calibration} (achieved {throughput / 1e9:.1f} GFLOP/s of planner FLOPs);"
-        f" batch {BATCH}x{SEQ}, TRM width {TRM.hidden_size} at the last two layers.",
+        f"Calibrated on {names[0]}: the whole step achieved {throughput / 1e9:.1f} GFLOP/s of "
+        f"planner FLOPs (one MFU); per component, the TRM blocks timed alone ({trm0:.3f} s of "
+        f"the {seconds0:.3f} s step) achieved {rates.trm / 1e9:.1f} GFLOP/s and the rest "
+        f"{rates.base / 1e9:.1f} GFLOP/s. Batch {BATCH}x{SEQ}, TRM width {TRM.hidden_size} at the "
+        f"last two layers; median of {STEPS} steps after a warm-up.",
         "",
-        "| base | planner GFLOPs/step | predicted s | measured s | measured / predicted |",
-        "|---|---|---|---|---|",
+        "| base | planner GFLOPs/step | TRM share of FLOPs | measured s | one MFU: predicted s "
+        "| measured / predicted | per component: predicted s | measured / predicted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, (flops, seconds) in rows.items():
-        predicted = flops / throughput
-        lines.append(f"| {name} | {flops / 1e9:.1f} | {predicted:.2f} | {seconds:.2f} "
-                     f"| {seconds / predicted:.2f} |")
+    for name, (flops, seconds, _) in rows.items():
+        total = flops.executed * tokens
+        single = total / throughput
+        component = rates.step_seconds(flops, tokens)
+        share = (flops.trm_forward + flops.trm_backward) / flops.executed
+        lines.append(f"| {name} | {total / 1e9:.1f} | {share:.0%} | {seconds:.2f} | {single:.2f} "
+                     f"| {seconds / single:.2f} | {component:.2f} | {seconds / component:.2f} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,12 @@
 """The Prefect flow over the DVC pipeline: DVC decides what runs, Prefect schedules and reports.
 
-The stage order comes from DVC (`millennial.dag.stage_order`), never from a list kept here. Each
-stage is one task running `dvc repro --single-item <stage>` in a subprocess, so DVC skips what is
-up to date and records what ran in dvc.lock. Param overrides (and `phase2`) go through one
-`dvc exp run -S key=value` task instead, so DVC records them as an experiment. See README.md.
+The stage order comes from DVC (`millennial.dag.stage_plan`), never from a list kept here. DVC
+is asked once which stages are stale (changed, or downstream of a changed one); each of those is
+one task running `dvc repro --single-item <stage>` in a subprocess, so DVC records what ran in
+dvc.lock (and still skips a stage whose inputs turn out unchanged). Up-to-date stages cost no
+subprocess: the flow logs them and lists them in the cost table with their last run's cost.
+Param overrides (and `phase2`) go through one `dvc exp run -S key=value` task instead, so DVC
+records them as an experiment. See README.md.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from prefect.states import State
 from millennial.cost.meter import failure_path
 from millennial.cost.planner import GIB
 from millennial.cost.record import CostRecord, ratio
-from millennial.dag import stage_order
+from millennial.dag import StagePlan, stage_order, stage_plan
 from millennial.lineage import LineageError, lineage, render_markdown
 
 # dvc/lock.py (the repo lock) and dvc/rwlock.py (per-path locks) word contention like this.
@@ -281,23 +284,32 @@ def summary_markdown(root: Path, stages: Sequence[str], ran: Sequence[str],
     return "\n".join(lines) + "\n"
 
 
+@task(task_run_name="plan")
+def plan_stages(repo_root: str, limit: str) -> StagePlan:
+    """Ask DVC once, in this process, which stages are stale (holding the workspace's slot, so
+    no other run changes it meanwhile)."""
+    with concurrency(limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+        return stage_plan(repo_root)
+
+
 @flow(name="millennial-pipeline")
 def pipeline(repo_root: str = ".", phase2: bool = False, overrides: dict[str, str] | None = None,
              stage_timeout_s: float = STAGE_TIMEOUT_S) -> list[str]:
     """Run the DVC pipeline in `repo_root`; returns the stages DVC actually ran.
 
-    Without overrides each stage is its own task (`dvc repro --single-item`); with `overrides`
-    (e.g. {"trm.cycles": "4"}) or `phase2` the whole pipeline is one `dvc exp run -S ...` task.
-    A failing stage fails the flow and no later stage runs.
+    Without overrides each stale stage is its own task (`dvc repro --single-item`) and the
+    up-to-date ones are skipped without one; with `overrides` (e.g. {"trm.cycles": "4"}) or
+    `phase2` the whole pipeline is one `dvc exp run -S ...` task. A failing stage fails the flow
+    and no later stage runs.
     """
     logger = get_run_logger()
     root = Path(repo_root).resolve()
     limit = workspace_limit(root)
-    stages = stage_order(root)
-    logger.info("DVC stage order: %s (workspace slot %s)", " -> ".join(stages), limit)
     settings = {**(overrides or {}), **({"phase2.enabled": "true"} if phase2 else {})}
     ran: list[str] = []
     if settings:
+        stages = stage_order(root)
+        logger.info("DVC stage order: %s (workspace slot %s)", " -> ".join(stages), limit)
         args = ["exp", "run", *(a for k, v in settings.items() for a in ("-S", f"{k}={v}"))]
         try:
             ran += dvc_command("exp-run", args, str(root), limit,
@@ -310,7 +322,14 @@ def pipeline(repo_root: str = ".", phase2: bool = False, overrides: dict[str, st
                        "workspace); later runs use them until `git checkout params.yaml`",
                        root, ", ".join(f"{k}={v}" for k, v in settings.items()))
     else:
+        plan = plan_stages(str(root), limit)
+        stages = plan.order
+        logger.info("DVC stage order: %s (workspace slot %s); up to date, not run: %s",
+                    " -> ".join(stages), limit, ", ".join(plan.up_to_date) or "none")
+        published = 0  # the cost table grows as stages run: each version is a new artifact
         for done, stage in enumerate(stages, start=1):
+            if stage not in plan.stale:
+                continue
             try:
                 ran += dvc_command(stage, ["repro", "--single-item", stage], str(root), limit,
                                    stage_timeout_s)
@@ -318,6 +337,9 @@ def pipeline(repo_root: str = ".", phase2: bool = False, overrides: dict[str, st
                 publish_costs(root, stages[:done], ran, failed=stage)
                 raise
             publish_costs(root, stages[:done], ran)
+            published = done
+        if published < len(stages):
+            publish_costs(root, stages, ran)
     create_markdown_artifact(markdown=summary_markdown(root, stages, ran, settings),
                              key=SUMMARY_KEY, description="Evaluation, total cost and lineage")
     return ran

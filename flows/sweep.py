@@ -1,11 +1,12 @@
 """Sweeps on a fleet: one deployment run per grid point, each a DVC experiment, side by side.
 
 `sweep(grid)` submits one run of the `sweep-point` deployment per point (`run_deployment`) to
-its work pool, all at once: each worker runs `dvc exp run --temp -n <name> -S key=value ...`
-from its own checkout and pushes the experiment (git refs and DVC outputs) to the shared
-remotes. The sweep then pulls every finished point into its own checkout and publishes one
-comparison: a table of each point's params, metrics and cost, and a PNG of the metric against
-the cost.
+its work pool, all at once: each worker moves its own checkout to the sweep's baseline commit
+(fetched from the git remote), pulls the baseline's outputs from the DVC remote (so only the
+stages a point's params touch run again), runs `dvc exp run --temp -n <name> -S key=value ...`
+and pushes the experiment (git refs and DVC outputs) to the shared remotes. The sweep then
+pulls every finished point into its own checkout and publishes one comparison: a table of each
+point's params, metrics and cost, and a PNG of the metric against the cost.
 A failed point is listed with its error; the others go on. `dvc exp show` on any checkout
 lists every point after `dvc exp pull`. Setup: README.md, "Sweeps on a fleet".
 """
@@ -17,6 +18,7 @@ import contextvars
 import itertools
 import math
 import re
+import subprocess
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +28,13 @@ from typing import Any
 
 import dvc.api
 import yaml
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.deployments import run_deployment
 
 # A worker loads this file by path (the deployment's entrypoint): make its checkout importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from flows.pipeline import STAGE_TIMEOUT_S, dvc_command, workspace_limit
+from flows.pipeline import STAGE_TIMEOUT_S, dvc_command, run_streamed, workspace_limit
 
 POINT_DEPLOYMENT = "millennial-sweep-point/sweep-point"
 TABLE_KEY = "sweep-comparison"
@@ -42,7 +44,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 class SweepError(ValueError):
-    """A grid that cannot be swept (empty, a key without values, a bad name)."""
+    """A grid that cannot be swept (empty, a key without values, a bad name), or a baseline
+    the workers cannot reach."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,43 @@ def read_grid(path: Path) -> dict[str, list[Any]]:
     return grid
 
 
+def git_output(args: Sequence[str], root: Path) -> str:
+    """A git command's stdout; a SweepError with its stderr when it fails."""
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SweepError(f"git {' '.join(args)} in {root}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@task(task_run_name="checkout {baseline:.12}")
+def checkout_baseline(root: str, git_remote: str, baseline: str) -> None:
+    """Fetch `git_remote` and move this worker's checkout to `baseline` (detached): every point
+    runs the code, data and params the sweep was launched from, not whatever the worker had."""
+    logger = get_run_logger()
+    for args in (["fetch", "-q", git_remote], ["checkout", "-q", "--detach", baseline]):
+        code, tail = run_streamed(["git", *args], Path(root), STAGE_TIMEOUT_S, logger.info)
+        if code != 0:
+            raise SweepError(f"git {' '.join(args)} in {root} failed (is the baseline commit "
+                             f"pushed to {git_remote}?): {' '.join(tail)}")
+
+
 @flow(name="millennial-sweep-point")
 def sweep_point(name: str, overrides: dict[str, str], repo_root: str = ".",
-                git_remote: str = "origin", timeout_s: float = STAGE_TIMEOUT_S) -> str:
+                git_remote: str = "origin", baseline: str | None = None,
+                timeout_s: float = STAGE_TIMEOUT_S) -> str:
     """Run one point as a DVC experiment from this worker's checkout and push it (git refs to
-    `git_remote`, outputs to the default DVC remote). `--temp`: it runs in a temporary copy,
-    so the checkout keeps its own params and every point starts from the same baseline (run
-    in the workspace, a point would inherit the values the previous point set)."""
+    `git_remote`, outputs to the default DVC remote).
+
+    With `baseline` (a commit) the checkout moves there first. `dvc pull` then brings the
+    baseline's outputs from the DVC remote, so the experiment reruns only the stages its
+    params reach (missing outputs are computed, not fatal). `--temp`: it runs in a temporary
+    copy, so the checkout keeps its own params and every point starts from the same baseline
+    (run in the workspace, a point would inherit the values the previous point set)."""
     root = str(Path(repo_root).resolve())
     limit = workspace_limit(Path(root))
+    if baseline is not None:
+        checkout_baseline(root, git_remote, baseline)
+    dvc_command(f"pull {name}", ["pull", "--allow-missing"], root, limit, timeout_s)
     settings = [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
     dvc_command(f"exp-run {name}", ["exp", "run", "--temp", "-n", name, *settings], root, limit,
                 timeout_s)
@@ -114,12 +145,13 @@ def _number(row: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _run_point(point: Point, deployment: str, git_remote: str) -> str | None:
+def _run_point(point: Point, deployment: str, git_remote: str, baseline: str) -> str | None:
     """Submit one point and wait for it; None when it completed, else its error. The point
     runs in whichever worker's checkout takes it (the deployment's working directory)."""
     run = run_deployment(name=deployment, parameters={"name": point.name,
                                                       "overrides": point.overrides,
-                                                      "git_remote": git_remote},
+                                                      "git_remote": git_remote,
+                                                      "baseline": baseline},
                          flow_run_name=point.name, timeout=None, as_subflow=True)
     state = run.state
     if state is not None and state.is_completed():
@@ -176,14 +208,19 @@ def _plot(results: Sequence[PointResult], metric: str, cost: str, out: Path) -> 
 def sweep(grid: dict[str, list[Any]], name: str = "sweep", repo_root: str = ".",
           deployment: str = POINT_DEPLOYMENT, git_remote: str = "origin",
           metric: str = DEFAULT_METRIC, cost: str = DEFAULT_COST) -> list[PointResult]:
-    """Fan `grid` out over the work pool, one deployment run per point, and compare them."""
+    """Fan `grid` out over the work pool, one deployment run per point, and compare them.
+
+    Every point starts from `repo_root`'s HEAD commit, which must be pushed to `git_remote`
+    (and its outputs to the DVC remote, so workers rerun only what the grid changes)."""
     logger = get_run_logger()
     root = Path(repo_root).resolve()
     points = grid_points(grid, name)
-    logger.info("sweep %s: %d points on %s", name, len(points), deployment)
+    baseline = git_output(["rev-parse", "HEAD"], root)
+    logger.info("sweep %s: %d points on %s from baseline %s", name, len(points), deployment,
+                baseline)
     with ThreadPoolExecutor(max_workers=len(points)) as pool:  # each wait in its own thread
         futures = [pool.submit(contextvars.copy_context().run, _run_point, point, deployment,
-                               git_remote) for point in points]
+                               git_remote, baseline) for point in points]
         outcomes = [future.result() for future in futures]
     errors = {point.name: error for point, error in zip(points, outcomes, strict=True)}
     results = collect(root, points, errors, git_remote, metric, cost)
@@ -217,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         grid = read_grid(args.grid)
         grid_points(grid, args.name)
+        git_output(["rev-parse", "HEAD"], Path(args.repo))  # the baseline: a commit
     except SweepError as err:
         parser.exit(2, f"sweep: {err}\n")
     results = sweep(grid, args.name, args.repo, args.deployment, args.git_remote, args.metric,

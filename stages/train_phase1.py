@@ -21,7 +21,7 @@ def body(params: dict[str, Any], source: Path, work: WorkLog | None) -> dict[str
     settings = Phase1Settings.from_params(params.get("phase1"), source)
     return run_phase1(PATHS, trm_config(params, source), settings,
                       TrainConfig.from_params(section(params, "train", source), f"{source}:train"),
-                      work=work)
+                      work=work, where=source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

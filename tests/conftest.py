@@ -109,3 +109,34 @@ def perturb_trm(model: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None
 @pytest.fixture(params=ARCHITECTURES)
 def architecture(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def copy_tree(source: Path, destination: Path) -> Path:
+    """A copy of a scratch git+DVC workspace (its git history and DVC cache included)."""
+    import shutil
+
+    shutil.copytree(source, destination, symlinks=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real pipeline on the tiny profile, run once per test session and committed: a
+    git+DVC copy of this repo after `dvc repro`. Tests that run experiments on top of it take a
+    copy (`copy_tree`), so the ~2 minutes of the first repro are paid once."""
+    from millennial.profiles import apply_profile
+    from millennial.workspace import copy_project
+
+    root = tmp_path_factory.mktemp("tiny-reference")
+    copy_project(Path(__file__).resolve().parents[1], root)
+    apply_profile(root / "profiles/tiny.yaml", root / "params.yaml")
+
+    def commit(message: str) -> None:
+        run_command(["git", "add", "-A"], root)
+        run_command(["git", "commit", "-qm", message], root)
+
+    run_command(["git", "init", "-q", "-b", "main"], root)
+    commit("the project, tiny profile")  # dvclive reads the baseline commit
+    run_command([sys.executable, "-m", "dvc", "repro"], root, timeout=1200)
+    commit("tiny reference run")
+    return root

@@ -31,7 +31,7 @@ from millennial.evaluate.metrics import (
     select_examples,
 )
 from millennial.heldout import pad_batch, read_split
-from millennial.hybrid import TRMConfig
+from millennial.hybrid import TRMConfig, trm_disabled
 from millennial.hybrid.injection import Depth, recursion_depth, trm_blocks
 from millennial.params import ParamsError
 from millennial.train.arms import Paths, run_llama_pro, run_lora, run_phase1
@@ -52,7 +52,7 @@ EVALUATE = {
     "seed": 0, "splits": ["test", "test_ood"], "max_examples": 8, "max_new_tokens": 6,
     "batch_size": 8,
     "perplexity": {"text_docs": 4, "max_length": 64, "batch_size": 4},
-    "speed": {"prompt_tokens": 16, "new_tokens": 8, "repeats": 2},
+    "speed": {"prompt_tokens": 16, "new_tokens": 8, "repeats": 3, "warmup": 1},
     "sweep": {"cycles": [1, 8], "latent_steps": [1], "max_examples": 4, "splits": ["test_ood"]},
     "report": {"fleet": "8xA100-80GB", "mfu": 0.4},
 }
@@ -261,8 +261,29 @@ def test_the_sweep_runs_the_depths_it_claims(evaluated: Path) -> None:
         ("phase1", 1, 2), ("phase1", 2, 1), ("phase1", 2, 2), ("phase1", 8, 2)]
     assert [r["trained_depth"] for r in rows] == [False, False, True, False]
     assert all(r["n"] == 4 for r in rows)
-    by_calls = {r["f_calls_per_token"]: r["latency_ms"] for r in rows}
-    assert by_calls[24] > by_calls[3]  # eight times the recursion is measurably slower
+    phase1 = json.loads((evaluated / "metrics/eval/phase1.json").read_text())
+    trained = next(r for r in rows if r["trained_depth"])
+    for key in ("latency_ms_per_token_spread", "latency_vs_base_spread"):
+        assert trained[key] == phase1[key]  # the trained depth is the arm, timed once
+        assert all(r[key]["n"] == 3 and r[key]["warmup"] == 1 for r in rows)
+
+
+def test_each_arm_is_timed_against_the_base_in_its_own_stage(evaluated: Path) -> None:
+    arms = json.loads((evaluated / "metrics/eval.json").read_text())["arms"]
+    assert arms["base"]["latency_vs_base"] == 1.0 and arms["base"]["speed_reference"] is None
+    assert arms["base"]["latency_vs_base_spread"] is None
+    assert arms["phase1"]["speed_reference"] == "the same hybrid with its TRM blocks off"
+    for name in ("phase1", "lora", "llama_pro"):
+        spread = arms[name]["latency_vs_base_spread"]
+        assert (spread["n"], spread["warmup"]) == (3, 1), name
+        assert spread["q1"] <= arms[name]["latency_vs_base"] == spread["median"] <= spread["q3"]
+        assert arms[name]["latency_ms_per_token_spread"]["n"] == 3
+    assert arms["lora"]["speed_reference"] == "models/base, loaded beside it"
+    eval_md = (evaluated / "reports/eval.md").read_text()
+    assert "| ms/token | ms/token x base |" in eval_md and "x1 (is the base)" in eval_md
+    card = (evaluated / "models/phase1/README.md").read_text()
+    assert "decode latency vs base (timed interleaved with the same hybrid, its blocks off): x" \
+        in card
 
 
 def test_each_arm_is_charged_the_flops_of_the_depth_it_runs(workspace: Path) -> None:
@@ -275,6 +296,8 @@ def test_each_arm_is_charged_the_flops_of_the_depth_it_runs(workspace: Path) -> 
     assert flops_per_token(expanded, 40) == forward_flops_per_token(
         model_shape(expanded.config), 40).model > plain  # its added layer runs too
     trained = flops_per_token(phase1, 40)
+    with trm_disabled(phase1):
+        assert flops_per_token(phase1, 40) == plain  # the speed reference runs no block
     with recursion_depth(phase1, Depth(cycles=8, latent_steps=2)):
         deeper = flops_per_token(phase1, 40)
     one_call = sum(trm_call_flops(TRM, 40))  # 2 x 3 calls trained, 8 x 3 in the sweep

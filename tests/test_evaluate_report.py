@@ -12,10 +12,13 @@ from millennial.evaluate.report import (
     hub_id,
     outcome,
     plot_accuracy,
+    plot_sweep,
     render_eval_markdown,
+    speed_notes,
     verdict,
 )
 from millennial.evaluate.stats import paired_difference, paired_proportions
+from millennial.evaluate.timing import Spread
 from millennial.params import ParamsError
 
 TASKS = ("addition", "pointer_chase")
@@ -30,12 +33,28 @@ def _rows(hits: dict[tuple[str, str], int], loss: float, n: int) -> list[dict]:
             for task in TASKS for split in ("test", "test_ood") for i in range(n)]
 
 
-def _result(arms: dict[str, tuple[dict[tuple[str, str], int], float]], n: int = 50) -> dict:
+def _latency(ms: list[float], vs_base: list[float] | None) -> dict:
+    """An arm's (or a sweep row's) latency fields, from its runs' samples."""
+    ratio = Spread.of(vs_base, 1) if vs_base else None
+    return {"latency_ms_per_token": Spread.of(ms, 1).median,
+            "latency_ms_per_token_spread": Spread.of(ms, 1).to_dict(),
+            "latency_vs_base": ratio.median if ratio else 1.0,
+            "latency_vs_base_spread": ratio.to_dict() if ratio else None}
+
+
+TIGHT_MS = [10.0, 10.1, 10.2, 10.3, 10.4]
+
+
+def _result(arms: dict[str, tuple[dict[tuple[str, str], int], float]], n: int = 50,
+            latency: dict[str, dict] | None = None) -> dict:
     evaluations = {}
     for name, (hits, loss) in arms.items():
         rows = _rows(hits, loss, n)
+        speed = (latency or {}).get(name) or _latency(
+            TIGHT_MS, None if name == "base" else [1.2, 1.21, 1.22, 1.23, 1.24])
         summary = {"arm": name, **summarise(rows), "ppl_text": 10.0, "text_docs": 3,
-                   "tokens_per_s": 100.0, "latency_ms_per_token": 10.0,
+                   "tokens_per_s": 100.0, **speed,
+                   "speed_reference": None if name == "base" else "the base",
                    "forward_flops_per_token": 1.0, "trm_config": None, "sweep": [],
                    "settings": asdict(EvalConfig())}
         evaluations[name] = ArmEvaluation(summary, rows)
@@ -140,3 +159,40 @@ def test_evaluate_params_are_checked_and_errors_name_the_key() -> None:
         EvalConfig.from_params({"max_exmaples": 5})
     with pytest.raises(ParamsError, match=r"evaluate\.splits"):
         EvalConfig.from_params({"splits": ["test", "holdout"]})
+
+
+def test_a_speed_figure_too_noisy_to_quote_is_flagged_and_a_tight_one_is_not() -> None:
+    noisy = _latency([57.0, 350.0, 640.0, 1060.0, 1700.0], [1.0, 4.0, 7.05, 9.0, 12.0])
+    result = _result({"base": (_even(0), 2.0), "phase1": (_even(10), 1.0),
+                      "lora": (_even(10), 1.0)}, latency={"phase1": noisy})
+    notes = speed_notes(result, [])
+    assert notes == [
+        "- TRM phase 1, ms/token 640 (IQR 350-1,060): too noisy to quote (IQR 111% of the "
+        "median, over the 10% limit).",
+        "- TRM phase 1, x base x7.05 (IQR 4.00-9.00): too noisy to quote (IQR 71% of the "
+        "median, over the 10% limit).",
+    ]
+    markdown = render_eval_markdown(result, [], {})
+    assert ("| 640 (IQR 350-1,060), too noisy to quote | x7.05 (IQR 4.00-9.00), too noisy to "
+            "quote |") in markdown
+    assert "| 10.2 (IQR 10.1-10.3) | x1.22 (IQR 1.21-1.23) |" in markdown  # LoRA: quotable
+    assert "| 10.2 (IQR 10.1-10.3) | x1 (is the base) |" in markdown
+    assert all(note in markdown for note in notes)
+
+
+def test_a_ratio_to_the_base_whose_iqr_holds_one_is_not_sold_as_a_slowdown(
+        tmp_path: Path) -> None:
+    same = _latency(TIGHT_MS, [0.97, 0.99, 1.01, 1.02, 1.04])
+    result = _result({"base": (_even(0), 2.0), "lora": (_even(10), 1.0)}, latency={"lora": same})
+    note = "- LoRA, x base x1.01 (IQR 0.99-1.02): no measurable difference (its IQR holds 1)."
+    assert speed_notes(result, []) == [note]
+    sweep = [{"arm": "phase1", "cycles": c, "latent_steps": 2, "trained_depth": c == 2,
+              "f_calls_per_token": 3 * c, "accuracy": 0.5, "low": 0.3, "high": 0.7, "n": 10,
+              "correct": 5, "answer_loss": 1.0,
+              **_latency([10.0 * c, 10.5 * c, 11.0 * c], [c, c + 0.1, c + 0.2])}
+             for c in (1, 2, 4)]
+    assert speed_notes(result, sweep) == [note]  # T=1's ratio, IQR 1.05-1.15, excludes 1
+    markdown = render_eval_markdown(result, sweep, {})
+    assert "| 42.0 (IQR 41.0-43.0) | x4.10 (IQR 4.05-4.15) |" in markdown
+    plot_sweep(sweep, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")

@@ -200,11 +200,12 @@ def test_flow_runs_dvc_stages_in_dvc_order_and_publishes_artifacts(
     prefect_server: None, flows: ModuleType, workspace: Path
 ) -> None:
     assert flows.stage_order(workspace) == ORDER
+    assert flows.stage_plan(workspace).stale == set(ORDER)  # nothing has run yet
     state = flows.pipeline(repo_root=str(workspace), return_state=True)
     assert state.is_completed(), state.message
     assert state.result() == ORDER  # a fresh workspace: DVC ran every stage
     flow_run_id = state.state_details.flow_run_id
-    assert [run.name for run in task_runs(flow_run_id)] == ORDER
+    assert [run.name for run in task_runs(flow_run_id)] == ["plan", *ORDER]
 
     costs = json.loads(latest_artifact(flow_run_id, flows.COSTS_KEY).data)
     assert [row["stage"] for row in costs] == ORDER
@@ -223,6 +224,38 @@ def test_flow_runs_dvc_stages_in_dvc_order_and_publishes_artifacts(
         limit = client.read_global_concurrency_limit_by_name(flows.workspace_limit(workspace))
     assert {f"fake {stage}: working" for stage in ORDER} <= {log.message for log in logs}
     assert limit.limit == 1
+
+
+def test_an_up_to_date_stage_costs_no_task_and_a_change_reruns_what_is_downstream(
+    prefect_server: None, flows: ModuleType, workspace: Path
+) -> None:
+    flows.pipeline(repo_root=str(workspace))  # whatever the earlier tests left: now cached
+    assert flows.stage_plan(workspace).stale == frozenset()
+    state = flows.pipeline(repo_root=str(workspace), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == []
+    flow_run_id = state.state_details.flow_run_id
+    assert [run.name for run in task_runs(flow_run_id)] == ["plan"]  # no stage subprocess
+    costs = json.loads(latest_artifact(flow_run_id, flows.COSTS_KEY).data)
+    assert [(row["stage"], row["this_run"]) for row in costs] == [
+        (stage, "up to date (cost of its last run)") for stage in ORDER]
+
+    params_file = workspace / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["fake"]["fail"] = None  # validate's param: validate and train (downstream) are stale
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        plan = flows.stage_plan(workspace)
+        assert plan.stale == {"validate", "train"} and plan.up_to_date == ["prepare"]
+        state = flows.pipeline(repo_root=str(workspace), return_state=True)
+        assert state.is_completed(), state.message
+        assert state.result() == ["validate"]  # train's inputs turned out unchanged: DVC skips
+        names = [run.name for run in task_runs(state.state_details.flow_run_id)]
+        assert names == ["plan", "validate", "train"]
+    finally:
+        params_file.write_text(original)
+        flows.pipeline(repo_root=str(workspace))
 
 
 def test_a_stage_that_meets_the_lock_is_retried(
@@ -277,7 +310,7 @@ def test_a_failing_stage_fails_the_flow_and_stops_it(
     assert "3 of 7 checks failed" in state.message  # the stage's own stderr
     flow_run_id = state.state_details.flow_run_id
     runs = task_runs(flow_run_id)
-    assert [run.name for run in runs] == ["prepare", "validate"]  # train never started
+    assert [run.name for run in runs] == ["plan", "validate"]  # prepare up to date, train never
     assert runs[1].state.is_failed() and runs[1].run_count == 1  # not retried
     assert (workspace / "out/train.txt").stat().st_mtime_ns == trained
     costs = json.loads(latest_artifact(flow_run_id, flows.COSTS_KEY).data)

@@ -1,4 +1,5 @@
-"""One slice of the real pipeline: `dvc repro` in a scratch copy of this repo, tiny profile."""
+"""One slice of the real pipeline: `dvc repro` in a scratch copy of this repo, tiny profile
+(the session's `tiny_reference`, shared with the sweep test)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_tree
 from conftest import run_command as run
 
-from millennial.profiles import apply_profile
-from millennial.workspace import copy_project
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A git+DVC copy of the project's files with the tiny profile applied."""
-    root = tmp_path_factory.mktemp("workspace")
-    copy_project(REPO, root)
-    apply_profile(root / "profiles/tiny.yaml", root / "params.yaml")
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "workspace"], root)
-    return root
+@pytest.fixture
+def workspace(tiny_reference: Path, tmp_path: Path) -> Path:
+    """A copy of the session's tiny reference run (git history and DVC cache included)."""
+    return copy_tree(tiny_reference, tmp_path / "workspace")
 
 
 def dvc(*args: str) -> list[str]:
@@ -33,7 +24,6 @@ def dvc(*args: str) -> list[str]:
 
 
 def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path) -> None:
-    run(dvc("repro"), workspace, timeout=1200)
     provenance = json.loads((workspace / "models/base/provenance.json").read_text())
     assert provenance["source"] == "tiny-random"
     assert json.loads((workspace / "metrics/validation.json").read_text())["success"]
@@ -60,9 +50,6 @@ def test_repro_runs_the_pipeline_and_a_second_repro_does_nothing(workspace: Path
 
 
 def test_a_study_point_is_a_dvc_experiment_and_reaches_the_report(workspace: Path) -> None:
-    run(dvc("repro"), workspace, timeout=1200)
-    run(["git", "add", "-A"], workspace)
-    run(["git", "commit", "-qm", "reference run"], workspace)
     study = {"name": "probe", "title": "Probe", "question": "Does a faster TRM learn more?",
              "variants": [{"name": "fast", "arm": "phase1", "set": {"phase1.lr": 0.02}}]}
     (workspace / "reports/probe.yaml").write_text(yaml.safe_dump(study))
@@ -78,14 +65,9 @@ def test_a_study_point_is_a_dvc_experiment_and_reaches_the_report(workspace: Pat
     assert "| TRM phase 1 | `fast` **(best)** |" in report
     assert "params.yaml holds the best variant `fast`" in report  # exp run applied it
     assert (workspace / "reports/figures/probe.png").read_bytes().startswith(b"\x89PNG")
-    run(["git", "checkout", "--", "params.yaml"], workspace)
-    run(dvc("checkout", "--force"), workspace)
 
 
 def test_exp_run_with_phase2_enabled_trains_the_whole_hybrid(workspace: Path) -> None:
-    run(dvc("repro"), workspace, timeout=1200)
-    run(["git", "add", "-A"], workspace)
-    run(["git", "commit", "-qm", "after repro"], workspace)
     run(dvc("exp", "run", "-S", "phase2.enabled=true"), workspace)
     phase2 = json.loads((workspace / "metrics/train_phase2.json").read_text())
     assert phase2["steps"] == 2 and phase2["lr_groups"]["base"] > 0

@@ -23,6 +23,7 @@ checkpointing. Conventions (tested against `torch.utils.flop_counter.FlopCounter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -466,17 +467,8 @@ def training_flops_per_token(
 
     recompute = 0.0
     if grad_checkpointing:
-        # Every decoder layer re-runs its forward in backward, except its last matmul (LoRA's B
-        # when adapted): PyTorch's non-reentrant checkpoint stops once the tensors backward
-        # needs are rebuilt. TRM blocks run in forward hooks outside the checkpointed
-        # `forward`, so they are not re-run.
-        last = shape.linears[-1]
-        skipped = 0 if shape.saves_after_last_matmul else (
-            2 * rank * last.fan_out if rank else 2 * last.macs
-        )
         lora_layer = lora_forward / shape.num_layers if rank else 0.0
-        layer_forward = 2 * shape.layer_macs + layer_attention + lora_layer - skipped
-        recompute = shape.num_layers * layer_forward
+        recompute = shape.num_layers * _recomputed_layer(shape, context, rank, lora_layer)
 
     return FlopBreakdown(
         base_forward_matmul=forward.base_forward_matmul,
@@ -489,6 +481,127 @@ def training_flops_per_token(
         lora_backward=lora_backward,
         recompute=recompute,
     )
+
+
+def _recomputed_layer(shape: ModelShape, context: int, rank: int, lora_layer: float) -> float:
+    """FLOPs per token gradient checkpointing re-runs of one decoder layer in backward: its
+    forward but the last matmul (LoRA's B when adapted). PyTorch's non-reentrant checkpoint
+    stops once the tensors backward needs are rebuilt; TRM blocks run in forward hooks outside
+    the checkpointed `forward`, so they are not re-run."""
+    last = shape.linears[-1]
+    skipped = 0 if shape.saves_after_last_matmul else (
+        2 * rank * last.fan_out if rank else 2 * last.macs
+    )
+    return (2 * shape.layer_macs + attention_flops(shape.attention_width, context) + lora_layer
+            - skipped)
+
+
+# --------------------------------------------------------------------------- step time
+
+
+@dataclass(frozen=True)
+class ComponentRates:
+    """Achieved FLOP/s of each part of a training step, measured on one run (calibration).
+
+    One MFU for the whole step mispredicts across base sizes: the TRM's matmuls are narrow
+    (its width, not the base's) and it runs many small ops per token, so it achieves far less
+    than the base's wide matmuls; its share of the FLOPs shrinks as the base grows. Each part's
+    FLOPs at its own rate carries a calibration made on one base to others.
+    """
+
+    base: float  # base matmuls and attention: forward, activation and weight gradients, LoRA
+    trm: float  # TRM blocks, forward and backward
+
+    @classmethod
+    def calibrate(cls, flops: FlopBreakdown, tokens: float, step_seconds: float,
+                  trm_seconds: float) -> ComponentRates:
+        """From one measured step of `tokens` tokens and the TRM blocks' share of its time."""
+        base_flops, trm_flops = component_flops(flops)
+        base_seconds = step_seconds - trm_seconds
+        if base_seconds <= 0 or (trm_flops > 0 and trm_seconds <= 0):
+            raise ValueError(f"TRM time {trm_seconds:.3g} s must be within the step's "
+                             f"{step_seconds:.3g} s")
+        trm_rate = trm_flops * tokens / trm_seconds if trm_flops > 0 else math.inf
+        return cls(base_flops * tokens / base_seconds, trm_rate)
+
+    def step_seconds(self, flops: FlopBreakdown, tokens: float) -> float:
+        base_flops, trm_flops = component_flops(flops)
+        return tokens * (base_flops / self.base + (trm_flops / self.trm if trm_flops else 0.0))
+
+
+def component_flops(flops: FlopBreakdown) -> tuple[float, float]:
+    """(base, TRM) model FLOPs per token of a step (recomputation counts with the base)."""
+    trm = flops.trm_forward + flops.trm_backward
+    return flops.executed - trm, trm
+
+
+# --------------------------------------------------------------------------- frozen prefix
+
+
+@dataclass(frozen=True)
+class PrefixCachePlan:
+    """What caching the frozen base below the lowest TRM block saves and costs (phase 1).
+
+    A replayed token skips `flops_saved_per_token` and reads `bytes_per_token` instead; the
+    first epoch computes and stores every block, each later epoch saves `saved_flops_per_epoch`.
+    It pays off when reading a token's stored state is faster than recomputing it and the
+    store fits `max_bytes`.
+    """
+
+    layer: int  # decoder layer whose output is stored: the lowest injection point
+    flops_saved_per_token: float
+    bytes_per_token: int
+    dataset_tokens: float  # distinct training tokens: what the store holds
+    storage_bytes: float
+    saved_flops_per_epoch: float  # every epoch after the first
+    recompute_seconds_per_token: float  # at the device's peak x MFU
+    read_seconds_per_token: float  # at `read_bytes_per_s`
+    max_bytes: float
+    pays_off: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def frozen_prefix_flops_per_token(shape: ModelShape, context: int, layer: int, *,
+                                  grad_checkpointing: bool = False) -> float:
+    """Training FLOPs per token a replayed micro-batch does not run: the forward of decoder
+    layers 0..`layer` (with gradient checkpointing, which makes every layer run a full
+    backward, also their activation gradient and recomputation)."""
+    layers = layer + 1
+    attention = attention_flops(shape.attention_width, context)
+    saved = layers * (2 * shape.layer_macs + attention)
+    if grad_checkpointing:
+        saved += layers * (2 * shape.layer_macs + 2 * attention
+                           + _recomputed_layer(shape, context, 0, 0.0))
+    return float(saved)
+
+
+def prefix_cache_plan(shape: ModelShape, trm: TRMConfig, context: int, *,
+                      dataset_tokens: float, value_bytes: int, peak_flops: float, mfu: float,
+                      read_bytes_per_s: float, max_bytes: float,
+                      grad_checkpointing: bool = False) -> PrefixCachePlan:
+    """The economics of the frozen-prefix cache for a phase-1 run over `dataset_tokens`
+    distinct tokens whose hidden states are `value_bytes` per value."""
+    layer = resolve_trm(shape, trm).resolve_layers(shape.num_layers)[0]
+    saved = frozen_prefix_flops_per_token(shape, context, layer,
+                                          grad_checkpointing=grad_checkpointing)
+    per_token = shape.hidden_size * value_bytes
+    storage = dataset_tokens * per_token
+    recompute = saved / (peak_flops * mfu)
+    read = per_token / read_bytes_per_s
+    if storage > max_bytes:
+        pays, reason = False, (f"the store would take {storage / GIB:.2f} GiB, over the "
+                               f"{max_bytes / GIB:.2f} GiB allowed")
+    elif read >= recompute:
+        pays, reason = False, (f"reading a token's state ({read * 1e6:.3g} us) is not faster "
+                               f"than recomputing layers 0..{layer} ({recompute * 1e6:.3g} us)")
+    else:
+        pays, reason = True, (f"reading a token's state takes {read / recompute:.2f}x the time "
+                              f"of recomputing layers 0..{layer}")
+    return PrefixCachePlan(layer, saved, per_token, dataset_tokens, storage,
+                           saved * dataset_tokens, recompute, read, max_bytes, pays, reason)
 
 
 # --------------------------------------------------------------------------- memory

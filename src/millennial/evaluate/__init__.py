@@ -7,6 +7,10 @@ side by side: accuracy with Wilson intervals, the answer loss per task (the head
 over tasks), perplexity on general text (what the base kept), a recursion sweep of the TRM's
 test-time depth, training cost, and each difference against the TRM with a paired interval.
 
+Decode speed is timed inside each arm's stage against a reference that computes what the base
+computes, interleaved run by run (`millennial.evaluate.speed` says why): a ratio across two
+stages would compare two processes at different times.
+
 `millennial.evaluate.report` renders the comparison; the `evaluate_<arm>` and `evaluate` stages
 wire both to files.
 """
@@ -18,7 +22,9 @@ import json
 import logging
 import statistics
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +44,14 @@ from millennial.cost.planner import (
 from millennial.cost.record import PlannedWork, WorkLog
 from millennial.data import TEXT_KIND, DataError
 from millennial.data.pack import Encoded
-from millennial.evaluate.arms import ARMS, RECURSIVE_ARMS, ArmPaths, load_arm
+from millennial.evaluate.arms import (
+    ARMS,
+    RECURSIVE_ARMS,
+    ArmPaths,
+    SpeedReference,
+    load_arm,
+    speed_reference,
+)
 from millennial.evaluate.harness import (
     HarnessConfig,
     check_hub_reachable,
@@ -49,13 +62,12 @@ from millennial.evaluate.metrics import (
     TaskExample,
     answer_ids,
     encode_prompts,
-    measure_speed,
     perplexity,
     score_examples,
     scoring_tokens_bound,
     select_examples,
-    speed_tokens,
 )
+from millennial.evaluate.speed import Speed, SpeedConfig, Switch, measure_speed, speed_tokens
 from millennial.evaluate.stats import (
     Proportion,
     gain_per_usd,
@@ -66,7 +78,7 @@ from millennial.evaluate.stats import (
 from millennial.evaluate.sweep import sweep_points, sweep_row
 from millennial.fingerprint import dtype_name
 from millennial.heldout import as_record, encode_scored, first_by_hash, pad_batch, read_split
-from millennial.hybrid.injection import mean_halting_cycles, recursion_depth, trm_blocks
+from millennial.hybrid.injection import Depth, mean_halting_cycles, recursion_depth, trm_blocks
 from millennial.params import Options, ParamsError
 
 SPLITS = ("train", "val", "test", "test_ood")
@@ -96,9 +108,7 @@ class EvalConfig:
     text_docs: int = 16  # held-out general-text documents for perplexity
     max_length: int = 128  # tokens per perplexity sequence
     ppl_batch_size: int = 4  # sequences per perplexity batch (full-vocabulary logits are big)
-    speed_prompt_tokens: int = 32
-    speed_new_tokens: int = 16
-    speed_repeats: int = 3
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     fleet: str = "8xA100-80GB"  # the report's projection of the run onto a GPU fleet
     mfu: float = 0.40
@@ -111,8 +121,6 @@ class EvalConfig:
                  "speed", "sweep", "report", "harness")
         ppl = Options(top.get("perplexity", {}), "evaluate.perplexity", where)
         ppl.only("text_docs", "max_length", "batch_size")
-        speed = Options(top.get("speed", {}), "evaluate.speed", where)
-        speed.only("prompt_tokens", "new_tokens", "repeats")
         sweep = Options(top.get("sweep", {}), "evaluate.sweep", where)
         sweep.only("cycles", "latent_steps", "max_examples", "splits")
         report = Options(top.get("report", {}), "evaluate.report", where)
@@ -127,9 +135,7 @@ class EvalConfig:
             text_docs=ppl.integer("text_docs", d.text_docs, low=1),
             max_length=ppl.integer("max_length", d.max_length, low=2),
             ppl_batch_size=ppl.integer("batch_size", d.ppl_batch_size, low=1),
-            speed_prompt_tokens=speed.integer("prompt_tokens", d.speed_prompt_tokens, low=1),
-            speed_new_tokens=speed.integer("new_tokens", d.speed_new_tokens, low=2),
-            speed_repeats=speed.integer("repeats", d.speed_repeats, low=1),
+            speed=SpeedConfig.from_options(Options(top.get("speed", {}), "evaluate.speed", where)),
             sweep=SweepConfig(
                 cycles=_positive_ints(sweep, "cycles", s.cycles),
                 latent_steps=_positive_ints(sweep, "latent_steps", s.latent_steps),
@@ -206,12 +212,12 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
     pad = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos
     text = encode_scored([as_record(r) for r in texts], tokenizer, eos, config.max_length)
     stream = [token for sequence in text for token in sequence.ids]
-    speed_prompt = stream[: config.speed_prompt_tokens]
+    speed_prompt = stream[: config.speed.prompt_tokens]
     answers = answer_ids([*examples, *sweep_examples], tokenizer)
     prompts = encode_prompts([e.prompt for e in (*examples, *sweep_examples)], tokenizer, eos)
     lengths = [len(p) + len(a) + 1 for p, a in zip(prompts, answers, strict=True)]
     lengths += [len(s.ids) for s in text]
-    lengths.append(len(speed_prompt) + config.speed_new_tokens)
+    lengths.append(len(speed_prompt) + config.speed.new_tokens)
     return EvalData(
         examples=examples,
         sweep_examples=sweep_examples,
@@ -226,9 +232,10 @@ def prepare_data(documents: Path, tokenizer: PreTrainedTokenizerBase,
 def flops_per_token(model: PreTrainedModel, context: int) -> float:
     """Forward FLOPs per token as the planner counts them, at the depth the TRM blocks run now.
 
-    A merged LoRA costs what its base costs; an expanded base counts its added layers.
+    A merged LoRA costs what its base costs; an expanded base counts its added layers; switched
+    off (`trm_disabled`), TRM blocks cost nothing.
     """
-    blocks = trm_blocks(model)
+    blocks = [block for block in trm_blocks(model) if block.enabled]
     trm = blocks[0].config if blocks else None
     return forward_flops_per_token(model_shape(model.config), context, trm).model
 
@@ -277,61 +284,120 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"tasks": tasks, "task_loss": task_loss, "overall": overall}
 
 
+ARM_SPEED = "arm"  # the arm as loaded (a TRM arm: at its trained depth)
+BASE_SPEED = "base"  # what the arm is timed against (millennial.evaluate.arms.speed_reference)
+
+
+def trained_depth(model: PreTrainedModel) -> Depth:
+    return Depth(model.trm_config.cycles, model.trm_config.latent_steps)
+
+
+def sweep_depths(name: str, model: PreTrainedModel, config: EvalConfig) -> list[Depth]:
+    """The test-time depths a TRM arm is scored and timed at; none for other arms."""
+    if name not in RECURSIVE_ARMS:
+        return []
+    return sweep_points(model.trm_config, config.sweep.cycles, config.sweep.latent_steps)
+
+
+def depth_speed_key(depth: Depth, trained: Depth) -> str:
+    """The variant timing `depth`: the trained depth is the arm itself, timed once."""
+    if depth == trained:
+        return ARM_SPEED
+    return f"cycles={depth.cycles} latent_steps={depth.latent_steps}"
+
+
+def speed_variants(model: PreTrainedModel, reference: SpeedReference | None,
+                   depths: Sequence[Depth]) -> dict[str, Switch]:
+    """What one arm's stage times, interleaved in one session: the arm, its reference, and a
+    TRM arm at each other depth of the sweep (so the sweep's latencies compare too)."""
+    variants: dict[str, Switch] = {ARM_SPEED: lambda: nullcontext(model)}
+    if reference is not None:
+        variants[BASE_SPEED] = reference.switch
+    for depth in depths:  # only TRM arms have depths, and a trained one
+        key = depth_speed_key(depth, trained_depth(model))
+        if key != ARM_SPEED:
+            variants[key] = partial(recursion_depth, model, depth)
+    return variants
+
+
+def speed_flops(variants: dict[str, Switch], tokens: int, context: int) -> float:
+    """FLOPs of timing: each variant's tokens at what it runs (depth, or blocks switched off)."""
+    total = 0.0
+    for switch in variants.values():
+        with switch() as timed:
+            total += tokens * flops_per_token(timed, context)
+    return total
+
+
+def latency_fields(speed: Speed) -> dict[str, Any]:
+    """A latency and its ratio to the base as `metrics/eval/<arm>.json` and the sweep keep them:
+    each median beside its spread (no reference: the base itself, x1 exactly)."""
+    ratio = speed.vs_reference
+    return {"latency_ms_per_token": speed.latency_ms.median,
+            "latency_ms_per_token_spread": speed.latency_ms.to_dict(),
+            "latency_vs_base": 1.0 if ratio is None else ratio.median,
+            "latency_vs_base_spread": None if ratio is None else ratio.to_dict()}
+
+
 def sweep_arm(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-              data: EvalData, config: EvalConfig) -> tuple[list[dict[str, Any]], int, float]:
-    """Accuracy and latency of a TRM arm at each test-time depth; rows, tokens and FLOPs."""
-    trained = model.trm_config
+              data: EvalData, config: EvalConfig,
+              speeds: dict[str, Speed]) -> tuple[list[dict[str, Any]], int, float]:
+    """Accuracy of a TRM arm at each test-time depth, beside the latency `speeds` timed there;
+    rows, and the tokens and FLOPs of the scoring."""
+    trained = trained_depth(model)
     rows, tokens, flops = [], 0, 0.0
-    for depth in sweep_points(trained, config.sweep.cycles, config.sweep.latent_steps):
+    for depth in sweep_depths(name, model, config):
         with recursion_depth(model, depth):
             mean_halting_cycles(model)  # count this point's scoring alone
             scored = score_examples(model, tokenizer, data.sweep_examples,
                                     max_new_tokens=config.max_new_tokens,
                                     batch_size=config.batch_size, pad_id=data.pad_id)
             halting_cycles = mean_halting_cycles(model)
-            speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
-                                  repeats=config.speed_repeats, eos_id=data.eos_id,
-                                  pad_id=data.pad_id)
             per_token = flops_per_token(model, data.context)
         accuracy = Proportion(sum(s.exact for s in scored.scores), len(scored.scores))
-        row = sweep_row(name, depth, trained, accuracy.to_dict(), speed.latency_ms)
+        speed = speeds[depth_speed_key(depth, trained)]
+        row = sweep_row(name, depth, trained, accuracy.to_dict(), latency_fields(speed))
         row["answer_loss"] = statistics.fmean(s.answer_loss for s in scored.scores)
         row["halting_mean_cycles"] = halting_cycles
         rows.append(row)
         log.info("%s sweep T=%d n=%d: accuracy %.3f, %.3g ms/token (%.1f s)", name,
-                 depth.cycles, depth.latent_steps, accuracy.rate or 0.0, speed.latency_ms,
+                 depth.cycles, depth.latent_steps, accuracy.rate or 0.0, speed.latency_ms.median,
                  scored.seconds)
-        processed = (scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
-                     + speed.tokens)
+        processed = scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
         tokens += processed
         flops += processed * per_token
     return rows, tokens, flops
 
 
 def plan_evaluation(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    data: EvalData, config: EvalConfig) -> PlannedWork:
+                    data: EvalData, config: EvalConfig, variants: dict[str, Switch],
+                    reference: SpeedReference | None) -> PlannedWork:
     """The planner's prediction for scoring one arm, made before it runs: tokens at most
-    (every decode at its full budget), their FLOPs at each depth scored, and peak memory."""
-    speed = speed_tokens(len(data.speed_prompt), config.speed_new_tokens, config.speed_repeats)
+    (every decode at its full budget), their FLOPs at each depth scored, and peak memory (a
+    reference loaded beside the arm included)."""
+    timed = speed_tokens(len(data.speed_prompt), config.speed)
     tokens = (scoring_tokens_bound(data.examples, tokenizer, config.max_new_tokens)
-              + sum(len(s.ids) for s in data.text) + speed
+              + sum(len(s.ids) for s in data.text)
               + harness_tokens_bound(data.examples, tokenizer, config.splits, config.harness,
                                      config.max_new_tokens))
     flops = tokens * flops_per_token(model, data.context)
-    if name in RECURSIVE_ARMS:
-        point = scoring_tokens_bound(data.sweep_examples, tokenizer, config.max_new_tokens) + speed
-        for depth in sweep_points(model.trm_config, config.sweep.cycles,
-                                  config.sweep.latent_steps):
-            with recursion_depth(model, depth):
-                flops += point * flops_per_token(model, data.context)
-            tokens += point
+    point = scoring_tokens_bound(data.sweep_examples, tokenizer, config.max_new_tokens)
+    for depth in sweep_depths(name, model, config):
+        with recursion_depth(model, depth):
+            flops += point * flops_per_token(model, data.context)
+        tokens += point
+    tokens += timed * len(variants)
+    flops += speed_flops(variants, timed, data.context)
     parameter = next(model.parameters())
     prompts = encode_prompts([e.prompt for e in (*data.examples, *data.sweep_examples)],
                              tokenizer, data.eos_id)
     blocks = trm_blocks(model)
+    weights = [model]
+    if reference is not None and reference.model is not model:
+        weights.append(reference.model)  # the base, loaded beside the arm to time it against
     memory = inference_memory(
         model_shape(model.config), blocks[0].config if blocks else None,
-        weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        weight_bytes=sum(p.numel() * p.element_size() for m in weights for p in m.parameters()),
         bytes_per_value=parameter.element_size(), decode_rows=config.batch_size,
         decode_tokens=max(map(len, prompts)) + config.max_new_tokens,
         score_rows=max(config.batch_size, config.ppl_batch_size),
@@ -357,18 +423,18 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
     if model is None:
         return None
     log.info("%s: %d task examples, %d text documents", name, len(data.examples), len(data.text))
+    reference = speed_reference(name, model, paths.arms)
+    variants = speed_variants(model, reference, sweep_depths(name, model, config))
     if work is not None:
-        work.plan(plan_evaluation(name, model, tokenizer, data, config))
+        work.plan(plan_evaluation(name, model, tokenizer, data, config, variants, reference))
     mean_halting_cycles(model)  # count the scoring alone
     scored = score_examples(model, tokenizer, data.examples, max_new_tokens=config.max_new_tokens,
                             batch_size=config.batch_size, pad_id=data.pad_id)
     halting_cycles = mean_halting_cycles(model)
     ppl_text = perplexity(model, data.text, batch_size=config.ppl_batch_size, pad_id=data.pad_id)
-    speed = measure_speed(model, data.speed_prompt, new_tokens=config.speed_new_tokens,
-                          repeats=config.speed_repeats, eos_id=data.eos_id, pad_id=data.pad_id)
     per_token = flops_per_token(model, data.context)
     tokens = (scored.prompt_tokens + scored.generated_tokens + scored.scored_tokens
-              + sum(len(s.ids) for s in data.text) + speed.tokens)
+              + sum(len(s.ids) for s in data.text))
     harness = None
     if config.harness.enabled:
         ours = {(e.split, e.content_hash): s.exact
@@ -378,9 +444,17 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
                               batch_size=config.batch_size, seed=config.seed)
         tokens += harness.tokens
     flops = tokens * per_token
+    speeds = measure_speed(variants, data.speed_prompt, config.speed, eos_id=data.eos_id,
+                           pad_id=data.pad_id,
+                           reference=None if reference is None else BASE_SPEED)
+    timed = speed_tokens(len(data.speed_prompt), config.speed)
+    tokens += sum(speed.tokens for speed in speeds.values())
+    flops += speed_flops(variants, timed, data.context)
+    speed = speeds[ARM_SPEED]
     sweep: list[dict[str, Any]] = []
     if name in RECURSIVE_ARMS:
-        sweep, sweep_tokens, sweep_flops = sweep_arm(name, model, tokenizer, data, config)
+        sweep, sweep_tokens, sweep_flops = sweep_arm(name, model, tokenizer, data, config,
+                                                     speeds)
         tokens, flops = tokens + sweep_tokens, flops + sweep_flops
     if work is not None:
         work.add(tokens=tokens, flops=flops)
@@ -393,7 +467,8 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
         "ppl_text": ppl_text,
         "text_docs": len(data.text),
         "tokens_per_s": speed.tokens_per_s,
-        "latency_ms_per_token": speed.latency_ms,
+        **latency_fields(speed),
+        "speed_reference": None if reference is None else reference.description,
         "forward_flops_per_token": per_token,
         "trm_config": model.trm_config.to_dict() if name in RECURSIVE_ARMS else None,
         "halting_mean_cycles": halting_cycles,  # None without halting heads
@@ -403,9 +478,9 @@ def evaluate_arm(name: str, paths: EvalPaths, config: EvalConfig,
         "flops": flops,
         "settings": asdict(config),
     }
-    log.info("%s: exact %.3f, task loss %s, perplexity %.4g (%.1f s)", name,
-             summary["overall"]["all"]["accuracy"], summary["task_loss"], ppl_text,
-             scored.seconds)
+    log.info("%s: exact %.3f, task loss %s, perplexity %.4g, %.3g ms/token (IQR %.3g) (%.1f s)",
+             name, summary["overall"]["all"]["accuracy"], summary["task_loss"], ppl_text,
+             speed.latency_ms.median, speed.latency_ms.iqr, scored.seconds)
     return ArmEvaluation(summary, rows)
 
 
@@ -442,7 +517,10 @@ def compare_arms(mine: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]
 
 def compare(evaluations: dict[str, ArmEvaluation], training: dict[str, dict[str, Any]],
             seed: int) -> dict[str, Any]:
-    """`metrics/eval.json`: every arm beside the base, and each TRM arm against each rival."""
+    """`metrics/eval.json`: every arm beside the base, and each TRM arm against each rival.
+
+    Latency against the base is each arm's own, timed in its stage (not one stage's median over
+    another's)."""
     if "base" not in evaluations:
         raise DataError("no evaluation of the base arm: run the evaluate_base stage")
     base = evaluations["base"].summary
@@ -454,14 +532,14 @@ def compare(evaluations: dict[str, ArmEvaluation], training: dict[str, dict[str,
         arms[name] = {
             key: summary[key] for key in ("tasks", "task_loss", "overall", "ppl_text",
                                           "tokens_per_s", "latency_ms_per_token",
+                                          "latency_ms_per_token_spread", "latency_vs_base",
+                                          "latency_vs_base_spread", "speed_reference",
                                           "forward_flops_per_token")
         } | {
             "accuracy_gain": accuracy - base_accuracy,
             "accuracy_gain_per_usd": gain_per_usd(accuracy, base_accuracy,
                                                   training[name]["usd"]),
             "ppl_text_vs_base": _ratio(summary["ppl_text"], base["ppl_text"]),
-            "latency_vs_base": _ratio(summary["latency_ms_per_token"],
-                                      base["latency_ms_per_token"]),
             "training": training[name],
             "harness": summary.get("harness"),
         }

@@ -7,11 +7,15 @@
 - `phase2`: the fully fine-tuned hybrid, when that stage trained (not skipped).
 - `lora`: the baseline, merged into its base (how it would be served: no extra latency).
 - `llama_pro`: the other baseline, the base with its trained interleaved block copies.
+
+Each arm's decode speed is timed against a reference that computes what the base computes, in
+the same process (`speed_reference`; why: `millennial.evaluate.speed`).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from transformers import PreTrainedModel
 from millennial.base import load_base
 from millennial.cost.record import CostRecord
 from millennial.errors import UserError
+from millennial.evaluate.speed import Switch
 from millennial.hybrid import load_trm, trm_disabled
 from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE, load_hybrid, load_lora
 from millennial.hybrid.expansion import load_expansion
@@ -88,6 +93,31 @@ def load_arm(name: str, paths: ArmPaths, probe_ids: torch.Tensor,
     if name == "lora":
         return load_lora(base, paths.lora).eval()
     return load_expansion(base, paths.llama_pro).eval()
+
+
+@dataclass(frozen=True)
+class SpeedReference:
+    """The base's computation, timed interleaved with an arm in the arm's own stage."""
+
+    model: PreTrainedModel  # the arm's own model object when switching it costs no memory
+    switch: Switch
+    description: str  # for the report
+
+
+def speed_reference(name: str, model: PreTrainedModel, paths: ArmPaths) -> SpeedReference | None:
+    """What arm `name` (loaded as `model`) is timed against; None for the base, which is it.
+
+    A TRM arm switches its own blocks off: exactly the base's computation (checked bit-identical
+    for phase 1), at no extra memory. LoRA (merged: the base's shapes) and LLaMA Pro have no such
+    switch, so the base is loaded beside them.
+    """
+    if name == "base":
+        return None
+    if name in RECURSIVE_ARMS:
+        return SpeedReference(model, lambda: trm_disabled(model),
+                              "the same hybrid with its TRM blocks off")
+    base = load_base(paths.base)[0].eval()
+    return SpeedReference(base, lambda: nullcontext(base), "models/base, loaded beside it")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
 """What one model scores, example by example: answers under greedy decoding, answer loss,
-perplexity on general text, decoding speed.
+perplexity on general text (decode speed: `millennial.evaluate.speed`).
 
 Inputs are tokenized exactly as training packed them (`millennial.data.pack`): prompt ids
 without special tokens, the answer with its leading separator, then EOS. Every sequence starts
@@ -15,7 +15,6 @@ little slack: a continuation that has not matched by then cannot match at all.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -244,42 +243,3 @@ def score_examples(
     ]
     return Scored(scores, prompt_tokens, generated_tokens,
                   sum(len(s.ids) for s in teacher_forced), time.perf_counter() - began)
-
-
-@dataclass(frozen=True)
-class Speed:
-    """Batch-1 greedy decoding with the KV cache, medians over repeats."""
-
-    tokens_per_s: float  # new tokens / wall time of the whole generate call (prefill included)
-    latency_ms: float  # per decoded token after the first: (t(n) - t(1)) / (n - 1)
-    tokens: int  # tokens processed while measuring (for the cost meter)
-
-
-def measure_speed(model: PreTrainedModel, prompt: Sequence[int], *, new_tokens: int,
-                  repeats: int, eos_id: int, pad_id: int) -> Speed:
-    """Time `new_tokens` forced decoding steps (EOS suppressed) against a single step."""
-    if new_tokens < 2:
-        raise ValueError(f"measure_speed: new_tokens must be >= 2, got {new_tokens}")
-    ids = torch.tensor([list(prompt)], dtype=torch.long)
-    mask = torch.ones_like(ids)
-
-    def timed(steps: int) -> float:
-        config = GenerationConfig(max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                                  num_beams=1, eos_token_id=eos_id, pad_token_id=pad_id,
-                                  use_cache=True)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        return time.perf_counter() - began
-
-    timed(2)  # warm-up: first-call allocations would otherwise land in the first sample
-    full = statistics.median(timed(new_tokens) for _ in range(repeats))
-    single = statistics.median(timed(1) for _ in range(repeats))
-    return Speed(new_tokens / full, 1000 * (full - single) / (new_tokens - 1),
-                 speed_tokens(len(prompt), new_tokens, repeats))
-
-
-def speed_tokens(prompt_length: int, new_tokens: int, repeats: int) -> int:
-    """Tokens `measure_speed` processes: a warm-up, then `repeats` long and single-step runs."""
-    runs = [2] + [new_tokens] * repeats + [1] * repeats
-    return sum(prompt_length + steps for steps in runs)

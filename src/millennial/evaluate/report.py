@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from millennial.atomic import write_json, write_text
 from millennial.base import PROVENANCE_FILE
+from millennial.evaluate.timing import Spread, annotated, caveat, quoted
 
 ARM_ORDER = ("base", "phase1", "phase2", "lora", "llama_pro")
 ARM_LABELS = {"base": "base", "phase1": "TRM phase 1", "phase2": "TRM phase 2",
@@ -136,6 +137,46 @@ def _points(gain: float | None) -> str:
     return "-" if gain is None else f"{100 * gain:+.1f} pts"
 
 
+# --------------------------------------------------------------------------- speed
+
+
+def _max_relative_iqr(result: dict[str, Any]) -> float:
+    return result["settings"]["speed"]["max_relative_iqr"]
+
+
+def _speed_figures(figures: dict[str, Any]) -> list[tuple[str, Spread | None, bool]]:
+    """(what, spread, is a ratio) for the latency of an arm or sweep row and its ratio to the
+    base (no spread: the base itself)."""
+    ratio = figures["latency_vs_base_spread"]
+    return [("ms/token", Spread.from_dict(figures["latency_ms_per_token_spread"]), False),
+            ("x base", Spread.from_dict(ratio) if ratio else None, True)]
+
+
+def _speed_cell(spread: Spread | None, ratio: bool, limit: float) -> str:
+    """`median (IQR q1-q3)`, with what keeps it from being quoted as it stands."""
+    return "x1 (is the base)" if spread is None else annotated(spread, limit, ratio)
+
+
+def _speed_cells(figures: dict[str, Any], limit: float) -> list[str]:
+    return [_speed_cell(spread, ratio, limit) for _, spread, ratio in _speed_figures(figures)]
+
+
+def speed_notes(result: dict[str, Any], sweep: Sequence[dict[str, Any]]) -> list[str]:
+    """One plain sentence per speed figure that cannot be quoted as it stands: too noisy, or a
+    ratio to the base that holds 1 (no measurable slowdown or speed-up)."""
+    limit = _max_relative_iqr(result)
+    labelled = [(ARM_LABELS[name], result["arms"][name]) for name in arm_names(result)]
+    labelled += [(f"{ARM_LABELS[row['arm']]} at T={row['cycles']}, n={row['latent_steps']}",
+                  row) for row in sweep if not row["trained_depth"]]  # that one is the arm's
+    lines = []
+    for label, figures in labelled:
+        for what, spread, ratio in _speed_figures(figures):
+            note = caveat(spread, limit, ratio) if spread is not None else None
+            if note:
+                lines.append(f"- {label}, {what} {quoted(spread, ratio)}: {note}.")
+    return lines
+
+
 # --------------------------------------------------------------------------- eval.md
 
 
@@ -143,8 +184,9 @@ def _summary_table(result: dict[str, Any]) -> list[str]:
     splits = sorted({split for splits in result["examples"].values() for split in splits})
     header = ["arm", "trainable params", "train FLOPs/token", "exact (all) [95% CI]",
               *(f"exact {split}" for split in splits), *(f"task loss {s}" for s in splits),
-              "ppl text (x base)", "ms/token (x base)", "train USD", "gain / USD"]
+              "ppl text (x base)", "ms/token", "ms/token x base", "train USD", "gain / USD"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    limit = _max_relative_iqr(result)
     for name in arm_names(result):
         arm = result["arms"][name]
         training = arm["training"]
@@ -156,7 +198,7 @@ def _summary_table(result: dict[str, Any]) -> list[str]:
             *(_pct(arm["overall"][split]["accuracy"]) for split in splits),
             *(_num(arm["task_loss"][split]) for split in splits),
             f"{_num(arm['ppl_text'])} ({_ratio(arm['ppl_text_vs_base'])})",
-            f"{_num(arm['latency_ms_per_token'], 3)} ({_ratio(arm['latency_vs_base'])})",
+            *_speed_cells(arm, limit),
             _num(training["usd"]),
             _per_usd(arm["accuracy_gain_per_usd"]),
         ]
@@ -194,14 +236,16 @@ def _task_table(result: dict[str, Any], metric: str = "exact") -> list[str]:
     return lines
 
 
-def _sweep_table(sweep: Sequence[dict[str, Any]]) -> list[str]:
+def _sweep_table(sweep: Sequence[dict[str, Any]], limit: float) -> list[str]:
     lines = ["| arm | cycles T | latent steps n | f calls / token / block | exact [95% CI] "
-             "| answer loss | ms/token |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| answer loss | ms/token | ms/token x base |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in sweep:
         marker = " (trained)" if row["trained_depth"] else ""
         lines.append(f"| {ARM_LABELS[row['arm']]}{marker} | {row['cycles']} | "
                      f"{row['latent_steps']} | {row['f_calls_per_token']} | {_interval(row)} | "
-                     f"{_num(row['answer_loss'])} | {_num(row['latency_ms'], 3)} |")
+                     f"{_num(row['answer_loss'])} | " + " | ".join(_speed_cells(row, limit))
+                     + " |")
     return lines
 
 
@@ -242,10 +286,17 @@ def _harness_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _threads(threads: int | None) -> str:
+    if threads is None:
+        return "torch's default threads"
+    return f"{threads} thread" + ("s" if threads > 1 else "")
+
+
 def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]],
                          figures: dict[str, str]) -> str:
     """reports/eval.md; `figures` maps a caption to a path relative to the report."""
     settings = result["settings"]
+    speed = settings["speed"]
     lines = [
         *verdict(result),
         "",
@@ -271,14 +322,21 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
         f"{result['text_docs']} held-out general-text documents (test split, first "
         f"{settings['max_length']} tokens each); x base is the ratio to the base arm "
         "(1.0 = nothing forgotten).",
-        "- ms/token: batch 1, KV cache, median of "
-        f"{settings['speed_repeats']} runs of {settings['speed_new_tokens']} new tokens, the "
-        "decode step after the first token. Wall-clock on shared machines: compare ratios, "
-        "not absolutes.",
+        f"- ms/token: batch 1, KV cache, {_threads(speed['threads'])}; each run decodes "
+        f"{speed['new_tokens']} tokens after a {speed['prompt_tokens']}-token prompt and gives "
+        "its mean gap between consecutive tokens (prefill excluded); median and IQR (the middle "
+        f"half) of {speed['repeats']} runs after {speed['warmup']} warm-up. x base: the arm "
+        "against the base's computation timed in the same stage, interleaved run by run (TRM "
+        "arms: the same hybrid with its blocks off; LoRA and LLaMA Pro: the base loaded beside "
+        "them), median and IQR of the per-round ratios: a ratio of two stages' figures would "
+        "compare two processes at different times. Wall-clock: compare ratios, not absolutes. "
+        f"A figure whose IQR exceeds {speed['max_relative_iqr']:.0%} of its median is too "
+        "noisy to quote; a ratio whose IQR holds 1 is no measurable difference.",
         "- LoRA is evaluated merged into its base, as it would be served.",
         "- gain / USD: (arm accuracy - base accuracy) in percentage points per training USD "
         "of the arm's stages (phase 2 includes phase 1).",
         *_cost_gaps(result),
+        *speed_notes(result, sweep),
         "",
         "## Paired differences (TRM arm minus rival)",
         "",
@@ -312,7 +370,7 @@ def render_eval_markdown(result: dict[str, Any], sweep: Sequence[dict[str, Any]]
             f"splits {', '.join(sweep_settings['splits'])}, first "
             f"{sweep_settings['max_examples']} examples per (task, split).",
             "",
-            *_sweep_table(sweep),
+            *_sweep_table(sweep, _max_relative_iqr(result)),
             "",
         ]
     lines += [
@@ -369,7 +427,7 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
 
 def plot_sweep(sweep: Sequence[dict[str, Any]], path: Path) -> None:
     """Accuracy against cycles (at the trained n) and latent steps (at the trained T), and
-    latency against total f calls."""
+    latency (median, IQR as error bars) against total f calls."""
     figure = Figure(figsize=(12.0, 3.8))
     by_cycles, by_steps, by_calls = figure.subplots(1, 3)
     for arm in sorted({row["arm"] for row in sweep}, key=ARM_ORDER.index):
@@ -384,15 +442,18 @@ def plot_sweep(sweep: Sequence[dict[str, Any]], path: Path) -> None:
             axes.errorbar([r[knob] for r in line], accuracy, yerr=errors, marker="o", capsize=3,
                           label=f"{ARM_LABELS[arm]} ({fixed} = {trained[fixed]})")
         calls = sorted(rows, key=lambda r: r["f_calls_per_token"])
-        by_calls.plot([r["f_calls_per_token"] for r in calls], [r["latency_ms"] for r in calls],
-                      marker="o", label=ARM_LABELS[arm])
+        spreads = [Spread.from_dict(r["latency_ms_per_token_spread"]) for r in calls]
+        by_calls.errorbar([r["f_calls_per_token"] for r in calls], [s.median for s in spreads],
+                          yerr=[[s.median - s.q1 for s in spreads],
+                                [s.q3 - s.median for s in spreads]],
+                          marker="o", capsize=3, label=ARM_LABELS[arm])
     for axes, label in ((by_cycles, "test-time cycles T"), (by_steps, "test-time latent steps n")):
         axes.set_xlabel(label)
         axes.set_ylabel("exact-match accuracy")
         axes.set_ylim(0, 1.05)
         axes.legend(fontsize="small")
     by_calls.set_xlabel("f calls per token per block")
-    by_calls.set_ylabel("ms per decoded token")
+    by_calls.set_ylabel("ms per decoded token (median, IQR)")
     by_calls.legend(fontsize="small")
     figure.tight_layout()
     _save(figure, path)
@@ -511,7 +572,9 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
                                           in phase1["task_loss"].items()),
         f"- perplexity on held-out general text: {_num(phase1['ppl_text'])} "
         f"(base: {_num(result['arms']['base']['ppl_text'])})",
-        f"- decode latency vs base: {_ratio(phase1['latency_vs_base'])}", "",
+        "- decode latency vs base (timed interleaved with the same hybrid, its blocks off): "
+        + _speed_cell(Spread.from_dict(phase1["latency_vs_base_spread"]), True,
+                      _max_relative_iqr(result)), "",
         "## Cost", "",
         f"- training stages: {', '.join(training['stages'])}",
         f"- USD: {_num(training['usd'])}; device-hours: {_num(training['device_hours'])}; "
@@ -526,7 +589,9 @@ def render_model_card(result: dict[str, Any], provenance: Provenance,
         "- Only useful on the exact base above; other bases are refused.",
         "- Every decoded token runs the recursion: decoding is slower than the base (see the "
         "latency ratio). Beam search and KV-cache cropping are not supported with TRM blocks.",
-        "- Timings come from whatever machine ran the evaluation and are noisy on shared CPUs.",
+        "- Timings come from whatever machine ran the evaluation: compare the ratio to the base "
+        "(timed in the same process), not absolute times; `reports/eval.md` gives each "
+        "figure's IQR and flags those too noisy to quote.",
         "", "## Lineage", "", lineage_markdown.rstrip(), "",
     ]
     return "\n".join(lines)

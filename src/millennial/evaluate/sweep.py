@@ -27,15 +27,16 @@ def sweep_points(trained: TRMConfig, cycles: Sequence[int],
     return sorted(points, key=lambda d: (d.cycles, d.latent_steps))
 
 
-def sweep_row(arm: str, depth: Depth, trained: TRMConfig, accuracy: dict[str, Any],
-              latency_ms: float) -> dict[str, Any]:
-    """One row of `metrics/eval_sweep.json` (a DVC plot source)."""
+def sweep_row(arm: str, depth: Depth, trained: Depth, accuracy: dict[str, Any],
+              latency: dict[str, Any]) -> dict[str, Any]:
+    """One row of `metrics/eval_sweep.json` (a DVC plot source); `latency`: the median ms per
+    token and its ratio to the base, each beside its spread."""
     return {
         "arm": arm,
         "cycles": depth.cycles,
         "latent_steps": depth.latent_steps,
-        "trained_depth": depth == Depth(trained.cycles, trained.latent_steps),
+        "trained_depth": depth == trained,
         "f_calls_per_token": depth.cycles * (depth.latent_steps + 1),
         **accuracy,
-        "latency_ms": latency_ms,
+        **latency,
     }

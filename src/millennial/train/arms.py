@@ -73,6 +73,8 @@ from millennial.train.loop import (
     tokens_per_step,
     train,
 )
+from millennial.train.prefix import PrefixDecision
+from millennial.train.prefix import decide as decide_prefix_cache
 from millennial.train.settings import LlamaProSettings, LoraSettings, Phase1Settings, Phase2Config
 from millennial.train.state import gather_all, gather_trainable
 
@@ -134,6 +136,7 @@ def _run(
     identity: dict[str, Any],
     step_context: Callable[[torch.nn.Module, int], AbstractContextManager[Any]] | None = None,
     work: WorkLog | None = None,
+    prefix_cache: Callable[[PackedData], PrefixDecision] | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran.
 
@@ -141,6 +144,8 @@ def _run(
     TRM calls early on). `work` (the stage's meter) hears the plan before training starts and,
     for a resumed run, what the earlier invocations did. The library's code is part of the
     run's identity: a code change trains afresh rather than resume another code's checkpoints.
+    `prefix_cache(data)` (phase 1) decides whether the frozen-prefix cache serves this run;
+    the FLOPs it saves come off the plan and off what is metered.
     """
     _check_optimizer_holds_exactly(model, groups)
     if paths.receipt is not None:
@@ -152,15 +157,19 @@ def _run(
     per_step = [training_flops_per_token(shape, data.block_size, what_trains(step),
                                          grad_checkpointing=config.gradient_checkpointing).model
                 for step in range(config.max_steps)]
+    prefix = prefix_cache(data) if prefix_cache is not None else PrefixDecision.unused("")
+    saved_per_token = prefix.plan.flops_saved_per_token if prefix.plan else 0.0
     if work is not None:
-        work.plan(_plan(model, shape, sum(per_step), step_tokens, data.block_size, config,
-                        accelerator, what_trains(config.max_steps - 1)))
+        work.plan(_plan(model, shape, sum(per_step) * step_tokens
+                        - prefix.expected_replayed_tokens * saved_per_token, step_tokens,
+                        data.block_size, config, accelerator, what_trains(config.max_steps - 1)))
     result = train(model, groups, data, config, paths.run, accelerator, paths.live,
                    {**identity, "code": code_sha256()}, held_out=held_out,
-                   step_context=step_context)
+                   step_context=step_context, prefix=prefix.cache)
     done = range(result.resumed_from_step, result.steps)
     trained = step_tokens * len(done)  # this invocation's (a resumed run's start was metered)
-    flops = sum(per_step[step] for step in done) * step_tokens
+    flops = (sum(per_step[step] for step in done) * step_tokens
+             - result.replayed_tokens * saved_per_token)
     if work is not None and result.resumed_from_step:
         work.carry_forward(CarriedForward(
             from_step=result.resumed_from_step, tokens=result.resumed_tokens,
@@ -170,6 +179,8 @@ def _run(
                                 "flops_per_token": sum(per_step) / len(per_step),
                                 "flops": flops,
                                 "run_flops": sum(per_step) * step_tokens}
+    if prefix_cache is not None:
+        measured["prefix_cache"] = prefix.report(result.replayed_tokens)
     for when, losses in (("before", result.held_out_before), ("after", result.held_out_after)):
         if losses is not None:
             measured[f"val_task_loss_{when}"] = losses.task
@@ -180,7 +191,7 @@ def _run(
     return result, measured
 
 
-def _plan(model: torch.nn.Module, shape: ModelShape, flops_per_step_token: float,
+def _plan(model: torch.nn.Module, shape: ModelShape, flops: float,
           step_tokens: int, block_size: int, config: TrainConfig, accelerator: Accelerator,
           trainable: Trainable) -> PlannedWork:
     """The planner's prediction for this training run: FLOPs of every step and the memory of
@@ -200,7 +211,7 @@ def _plan(model: torch.nn.Module, shape: ModelShape, flops_per_step_token: float
         gpus=accelerator.num_processes, sharding=sharding, layer_params=shape.layer_params,
         precision=bytes_of, device_is_gpu=accelerator.device.type == "cuda")
     return PlannedWork(
-        tokens=step_tokens * config.max_steps, flops=flops_per_step_token * step_tokens,
+        tokens=step_tokens * config.max_steps, flops=flops,
         peak_memory_bytes=memory["total"] * GIB, memory_breakdown=memory,
         basis=f"training steps only, {precision}, {accelerator.num_processes} process(es) "
               f"{sharding}, micro-batch {config.batch_size} x {block_size} tokens",
@@ -233,6 +244,7 @@ def run_phase1(
     config: TrainConfig,
     accelerator: Accelerator | None = None,
     work: WorkLog | None = None,
+    where: str | Path = "params.yaml",
 ) -> dict[str, Any]:
     """Inject TRM blocks into the frozen base and train them alone; save the adapter."""
     accelerator = accelerator or make_accelerator(config)
@@ -244,7 +256,7 @@ def run_phase1(
     groups = split_by_init(trm_named_parameters(model), lambda n: zero_initialised(n, trm),
                            settings.lr, settings.out_lr_multiplier, "trm")
     identity = {"arm": "phase1", "base": provenance["state_sha256"], "trm": trm.to_dict(),
-                "phase1": asdict(settings)}
+                "phase1": settings.trajectory()}
 
     def at_step(step: int) -> TRMConfig:  # the depth curriculum (cycles ramp up from 1)
         cycles = settings.cycles_at(step, trm.cycles)
@@ -255,9 +267,13 @@ def run_phase1(
         def curriculum(module: torch.nn.Module, step: int) -> AbstractContextManager[Any]:
             return recursion_depth(module, Depth(at_step(step).cycles, trm.latent_steps))
 
+    def prefix_cache(data: PackedData) -> PrefixDecision:
+        return decide_prefix_cache(model, trm, settings.prefix_cache, data, config, accelerator,
+                                   provenance["state_sha256"], paths.run.parent, where)
+
     result, held_out = _run(model, groups, paths, config, accelerator,
                             lambda step: Trainable.for_phase("phase1", at_step(step)), identity,
-                            curriculum, work)
+                            curriculum, work, prefix_cache)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
         save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,

@@ -40,6 +40,7 @@ from millennial.train.checkpoint import (
 )
 from millennial.train.config import TrainConfig
 from millennial.train.data import PackedData, global_batch_indices, micro_batches
+from millennial.train.prefix import PrefixCache
 from millennial.train.state import (
     gather_trainable,
     gather_training_state,
@@ -72,6 +73,7 @@ class TrainResult:
     seconds: float
     held_out_before: HeldOutLosses | None  # from `held_out` on the initial weights
     held_out_after: HeldOutLosses | None  # on the final weights (the average, with EMA)
+    replayed_tokens: int = 0  # this invocation's tokens whose frozen prefix the cache served
 
 
 class WeightAverage:
@@ -135,6 +137,7 @@ def train(
     identity: dict[str, Any] | None = None,
     held_out: Callable[[nn.Module], HeldOutLosses] | None = None,
     step_context: Callable[[nn.Module, int], AbstractContextManager[Any]] | None = None,
+    prefix: PrefixCache | None = None,
 ) -> TrainResult:
     """Train `groups` of `model` on `data` for `config.max_steps`, resuming from `run_dir`.
 
@@ -145,6 +148,8 @@ def train(
     across processes (with RAM-efficient loading, only process 0 even holds the base's weights).
     `step_context(module, step)` wraps each optimizer step (a depth curriculum sets the TRM's
     depth there); it must be a pure function of the step, so a resumed run repeats it.
+    `prefix` (phase 1's frozen-prefix cache) serves each micro-batch's forward below the
+    lowest TRM block; losses and gradients are the same with or without it.
     With `config.ema_decay` > 0 the model ends holding the weight average. One trainer at a
     time per `run_dir`: a second one is refused while the first lives.
     """
@@ -210,7 +215,8 @@ def train(
             with context, supervision(module) if supervision else nullcontext():
                 for _ in range(config.deep_supervision_steps):
                     loss, norm = _optimizer_step(model, optimizer, micros, scored, data,
-                                                 accelerator, trainable, config, progress.step)
+                                                 accelerator, trainable, config, progress.step,
+                                                 prefix)
                     scheduler.step()
                     if average is not None:
                         average.update()
@@ -234,11 +240,15 @@ def train(
         if live is not None:
             live.end()
         seconds = time.perf_counter() - start
+        replayed = 0
+        if prefix is not None:  # every process's replayed rows
+            rows = torch.tensor(prefix.replayed_rows, device=accelerator.device)
+            replayed = int(accelerator.reduce(rows, reduction="sum").item()) * data.block_size
         if average is not None:
             average.install()
         after = held_out(module) if held_out is not None else None
         return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from,
-                           resumed_tokens, resumed_seconds, seconds, before, after)
+                           resumed_tokens, resumed_seconds, seconds, before, after, replayed)
 
 
 def tokens_per_step(config: TrainConfig, processes: int, block_size: int) -> int:
@@ -276,6 +286,7 @@ def _optimizer_step(
     trainable: list[nn.Parameter],
     config: TrainConfig,
     step: int,
+    prefix: PrefixCache | None = None,
 ) -> tuple[float, float]:
     """One optimizer step over the micro-batches; returns (global mean loss, gradient norm).
 
@@ -290,7 +301,8 @@ def _optimizer_step(
         batch = {k: v.to(accelerator.device) for k, v in data.rows(rows).items()}
         last = index == len(micros) - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            loss = weighted_loss(model, batch["input_ids"], batch["loss_weight"]) / scored
+            with prefix.serving(rows) if prefix is not None else nullcontext():
+                loss = weighted_loss(model, batch["input_ids"], batch["loss_weight"]) / scored
             accelerator.backward(loss * world)  # DDP averages gradients over processes
         total += loss.detach()
     mean_loss = accelerator.reduce(total, reduction="sum").item()

@@ -9,13 +9,40 @@ every arm. Validation goes through `Options`: strict types, ranges, unknown keys
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from millennial.params import Options, ParamsError
 
 AUTO = "auto"
+
+
+PREFIX_CACHE_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class PrefixCacheSettings:
+    """`phase1.prefix_cache`: store the frozen base's output below the lowest TRM block once
+    per training block (millennial.train.prefix). `auto` uses it when this run reads a block
+    again (epochs, deep supervision, or a store an earlier run filled) and the planner says it
+    pays off; `on` also fills a store for later runs, and is refused where it cannot pay off.
+    It changes no loss and no weight, so it is not part of a run's identity."""
+
+    mode: str = AUTO
+    max_gib: float = 8.0  # the largest store the planner accepts
+    dir: str | None = None  # None: runs/prefix_cache; a shared path lets studies reuse stores
+    read_gib_per_s: float = 2.0  # what reading a stored state costs, for the payoff test
+
+    @classmethod
+    def from_options(cls, options: Options) -> PrefixCacheSettings:
+        options.only("mode", "max_gib", "dir", "read_gib_per_s")
+        directory = options.get("dir", None)
+        if directory is not None:
+            directory = options.text("dir")
+        return cls(options.choice("mode", PREFIX_CACHE_MODES, AUTO),
+                   options.positive("max_gib", 8.0), directory,
+                   options.positive("read_gib_per_s", 2.0))
 
 
 @dataclass(frozen=True)
@@ -25,13 +52,20 @@ class Phase1Settings:
     lr: float
     out_lr_multiplier: float = 1.0  # `up` (random core) or the zeroed projections (pretrained)
     depth_warmup_steps: int = 0  # cycles ramp from 1 to trm.cycles over these steps; 0 = off
+    prefix_cache: PrefixCacheSettings = PrefixCacheSettings()
 
     @classmethod
     def from_params(cls, raw: Any, where: str | Path = "params.yaml") -> Phase1Settings:
         options = Options(raw, "phase1", where)
-        options.only("lr", "out_lr_multiplier", "depth_warmup_steps")
+        options.only("lr", "out_lr_multiplier", "depth_warmup_steps", "prefix_cache")
+        cache = (PrefixCacheSettings.from_options(options.child("prefix_cache"))
+                 if options.get("prefix_cache", None) is not None else PrefixCacheSettings())
         return cls(options.positive("lr"), options.positive("out_lr_multiplier", 1.0),
-                   options.integer("depth_warmup_steps", 0, low=0))
+                   options.integer("depth_warmup_steps", 0, low=0), cache)
+
+    def trajectory(self) -> dict[str, Any]:
+        """What decides the trained weights (the run's identity): all but the cache."""
+        return {k: v for k, v in asdict(self).items() if k != "prefix_cache"}
 
     def cycles_at(self, step: int, cycles: int) -> int:
         """The curriculum's cycles at `step`: 1 at step 0, rising linearly to `cycles`."""
