@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import random
 import re
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from millennial.data import Record, task_record
 from millennial.data.clean import (
     PII_PATTERNS,
+    PLACEHOLDERS,
     UNREAD_BEYOND,
     FilterConfig,
     clean,
@@ -123,3 +125,61 @@ def test_a_record_far_over_the_bound_is_dropped_unread(monkeypatch: pytest.Monke
     assert reason == "too_long"
     task = task_record("src", "f:1", "p" * (UNREAD_BEYOND * FILTER.max_chars), "a", "t")
     assert clean(task, FILTER)[1] == "too_long"
+
+
+# The plain definitions (every pass always runs, regexes only) that the fast paths must equal.
+def plain_normalise(body: str) -> str:
+    body = unicodedata.normalize("NFC", body).replace("\r\n", "\n").replace("\r", "\n")
+    body = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff]", "", body)
+    body = re.sub(r"[^\S\n]+", " ", body)
+    body = re.sub(r" ?\n ?", "\n", body)
+    return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+def plain_junk_ratio(body: str) -> float:
+    visible = re.sub(r"\s+", "", body)
+    return len(re.sub(r"[^\W_]+", "", visible)) / len(visible) if visible else 1.0
+
+
+def plain_scrub(body: str) -> tuple[str, Counter[str]]:
+    counts: Counter[str] = Counter()
+    for kind, pattern in PII_PATTERNS.items():
+        body, found = pattern.subn(PLACEHOLDERS[kind], body)
+        if found:
+            counts[kind] += found
+    return body, counts
+
+
+SPACES_AND_CONTROLS = " \t\n\r\x0b\x0c\x1c\x1f\x85\u00a0\u2003\u200b\u2060\ufeff\x07"
+PII_PIECES = (".", ":", "::", "8a2e", "fe80", " ", "-", "+", "(", ")", "1", "a", "@", "x.io", "_",
+              "e\u0301", "\n")
+
+
+def near_pii(rng: random.Random) -> str:
+    """Pieces, numbers and IP-, phone- and e-mail-like runs glued at random: matches, near
+    misses and neighbours that a pattern's look-arounds must reject."""
+    def number() -> str:
+        return str(rng.choice((rng.randint(0, 9), rng.randint(10, 299), rng.randint(0, 99999))))
+
+    shapes = (
+        lambda: ".".join(number() for _ in range(rng.randint(2, 5))),
+        lambda: rng.choice(("+", "(", "")) + number() + rng.choice((") ", " ", "-", ".", ""))
+        + "-".join(number() for _ in range(rng.randint(1, 3))),
+        lambda: ":".join(rng.choice(("", "db8", "1", "ffff")) for _ in range(rng.randint(2, 9))),
+        lambda: rng.choice(PII_PIECES),
+    )
+    return "".join(rng.choice(shapes)() for _ in range(rng.randint(0, 6)))
+
+
+def test_fast_paths_equal_the_plain_definitions() -> None:
+    """Every pass that is skipped on a cheap check would have left the text unchanged."""
+    rng = random.Random(3)
+    alphabet = SPACES_AND_CONTROLS + "aZ09._-+():@\u00e9e\u0301\u03a9"
+    for _ in range(30_000):
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert normalise(body) == plain_normalise(body), repr(body)
+        assert junk_ratio(body) == plain_junk_ratio(body), repr(body)
+        pieces = near_pii(rng)
+        assert scrub(pieces) == plain_scrub(pieces), repr(pieces)
+    every_ascii = "".join(map(chr, range(128)))
+    assert junk_ratio(every_ascii) == plain_junk_ratio(every_ascii)

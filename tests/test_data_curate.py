@@ -350,3 +350,29 @@ def test_stage_entry(tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.Mo
     assert json.loads(Path("metrics/cost/failed/curate.json").read_text())["status"] == "failed"
     Path("params.yaml").write_text(yaml.safe_dump({"curate": params(tokenizer_dir, sources)}))
     assert main([]) == 0 and not Path("metrics/cost/failed/curate.json").exists()
+
+
+def test_an_encoding_error_fails_the_run_and_writes_nothing(
+    tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are encoded on worker threads: an error there still stops the run, and the
+    atomic output directory is left as it was."""
+    curate_module = importlib.import_module("millennial.data.curate")
+    encode = curate_module.encode_records
+    calls = []
+
+    def failing(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise DataError("tokenizer exploded")
+        return encode(*args)
+
+    monkeypatch.setattr(curate_module, "encode_records", failing)
+    sources = [{"name": "sum", "kind": "generator", "task": "addition", "count": 400,
+                "difficulty": [2, 3]}]
+    with pytest.raises(DataError, match="tokenizer exploded"):
+        run(tmp_path, params(tokenizer_dir, sources))
+    assert len(calls) >= 3
+    assert not (tmp_path / "data/curated").exists()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "metrics/data.json").exists()

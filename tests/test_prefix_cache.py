@@ -237,3 +237,43 @@ def test_prefix_cache_params_are_validated() -> None:
                          ({"size": 3}, "'phase1.prefix_cache' has unknown key")):
         with pytest.raises(ParamsError, match=message):
             Phase1Settings.from_params({"lr": 1e-3, "prefix_cache": bad}, "p.yaml")
+
+
+def test_the_plan_prices_the_cache_per_epoch_and_refuses_it_where_reading_is_slower() -> None:
+    from millennial.cost.hardware import get_device
+    from millennial.cost.planner import plan
+    from millennial.cost.presets import PRESETS
+
+    shape = model_shape(PRESETS["smollm2-135m"])
+    trm = TRMConfig(injection_layers=[10, 15], hidden_size=128, num_heads=4, num_layers=2,
+                    latent_steps=4, cycles=2, ffn_size=384)
+    common = dict(phase="phase1", trm=trm, tokens=4e6, seq_len=128, precision="fp32", mfu=0.3)
+    cpu = plan(shape, device=get_device("A100-80GB"), dataset_tokens=1e6, **common)
+    cache = cpu.prefix_cache
+    assert cache is not None and cache["layer"] == 10
+    assert cache["storage_bytes"] == 1e6 * 576 * 4
+    assert cache["saved_flops_per_epoch"] == cache["flops_saved_per_token"] * 1e6
+    assert cache["flops_saved_per_token"] == frozen_prefix_flops_per_token(shape, 128, 10)
+    # a 135M base on an A100 recomputes 11 layers faster than 2 GiB/s reads 2.3 kB back
+    assert not cache["pays_off"] and "is not faster than recomputing" in cache["reason"]
+    fast_disk = plan(shape, device=get_device("A100-80GB"), dataset_tokens=1e6,
+                     prefix_read_bytes_per_s=1e12, **common).prefix_cache
+    assert fast_disk is not None and fast_disk["pays_off"]
+    assert plan(shape, device=get_device("A100-80GB"), **{**common, "phase": "lora",
+                                                          "lora_rank": 4}).prefix_cache is None
+
+
+def test_plan_cli_prints_the_cache_and_refuses_bad_numbers(capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    from millennial.cli import main
+
+    args = ["plan", "--base", "llama-2-7b", "--phase", "phase1", "--trm-hidden-size", "512",
+            "--trm-layers", "2", "--trm-ffn-size", "1536", "--trm-heads", "8",
+            "--injection-layers", "8,16", "--tokens", "1B", "--dataset-tokens", "250M"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(phase 1: layers 0..8 computed once per training token, 4 epochs of 250 M" in out
+    assert "per epoch after the first" in out and "verdict" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--prefix-max-gib", "0"])
+    assert exit_info.value.code == 2

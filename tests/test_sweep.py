@@ -151,9 +151,10 @@ def test_a_grid_fans_out_over_two_workers_and_a_third_clone_sees_every_point(
 
 def test_a_failing_point_is_listed_and_the_others_finish(
         fleet: dict[str, Path], sweep_module: ModuleType) -> None:
-    results = sweep_module.sweep({"phase1.lr": [0.005, -1.0]}, "faulty",
+    # A params key only the report stage reads: the good point reruns one stage.
+    results = sweep_module.sweep({"evaluate.report.mfu": [0.3, -1.0]}, "faulty",
                                  repo_root=str(fleet["origin"]))
     good, bad = results
     assert good.error is None and good.metric is not None
     assert bad.error is not None and bad.metric is None
-    assert "train_phase1" in bad.error and "phase1.lr" in bad.error
+    assert "report" in bad.error and "evaluate.report.mfu" in bad.error

@@ -200,6 +200,21 @@ def format_plan(p: Plan) -> str:
           if name != "total"),
         f"  fewest GPUs that fit: {p.min_gpus if p.min_gpus is not None else 'none'}",
     ]
+    cache = p.prefix_cache
+    if cache is not None:
+        epochs = p.tokens / cache["dataset_tokens"]
+        lines += [
+            "",
+            f"frozen-prefix cache (phase 1: layers 0..{cache['layer']} computed once per "
+            f"training token, {epochs:.3g} epochs of {_si(cache['dataset_tokens'])} tokens)",
+            f"  saves          {_si(cache['flops_saved_per_token'])} FLOPs per reread token, "
+            f"{_si(cache['saved_flops_per_epoch'])} per epoch after the first "
+            f"({_si(cache['saved_flops_per_epoch'] * max(epochs - 1, 0))} in this run)",
+            f"  stores         {_si(cache['storage_bytes'], 'B')} "
+            f"({cache['bytes_per_token']} B per token)",
+            f"  verdict        {'pays off' if cache['pays_off'] else 'refused'}: "
+            f"{cache['reason']}",
+        ]
     serve = p.serving
     if serve["trm_attention"] is not None:
         lines += [
@@ -225,7 +240,7 @@ def run_plan(args: argparse.Namespace) -> int:
             print(f"- {line}")
         return 0
     from millennial.cost.hardware import get_device
-    from millennial.cost.planner import mfu_from_calibration, model_shape, plan
+    from millennial.cost.planner import GIB, mfu_from_calibration, model_shape, plan
 
     name, config = load_base(args.base)
     trm = trm_from_args(args) if args.phase in ("phase1", "phase2") else None
@@ -264,6 +279,9 @@ def run_plan(args: argparse.Namespace) -> int:
         pue=args.pue,
         base_name=name,
         precision=args.precision,
+        dataset_tokens=args.dataset_tokens,
+        prefix_read_bytes_per_s=args.prefix_read_gib_per_s * GIB,
+        prefix_max_bytes=args.prefix_max_gib * GIB,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
@@ -321,6 +339,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     tokens.add_argument("--tokens", type=parse_quantity, help="training tokens, e.g. 3e9 or 3B")
     tokens.add_argument("--budget-gpu-hours", type=parse_quantity,
                         help="instead of tokens: how many tokens this many GPU-hours buy")
+    p.add_argument("--dataset-tokens", type=parse_quantity,
+                   help="distinct training tokens (phase 1's frozen-prefix cache reuses them "
+                        "every epoch after the first); default: --tokens, one epoch")
+    p.add_argument("--prefix-max-gib", type=_number(0.0, open_low=True), default=8.0,
+                   help="largest frozen-prefix store to accept (phase1.prefix_cache.max_gib)")
+    p.add_argument("--prefix-read-gib-per-s", type=_number(0.0, open_low=True), default=2.0,
+                   help="read bandwidth of the store (phase1.prefix_cache.read_gib_per_s)")
     p.add_argument("--seq-len", type=_positive_int, default=4096)
     p.add_argument("--micro-batch-size", type=_positive_int, default=1,
                    help="sequences per GPU per step (sets activation memory)")

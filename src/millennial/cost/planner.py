@@ -598,7 +598,7 @@ def prefix_cache_plan(shape: ModelShape, trm: TRMConfig, context: int, *,
         pays, reason = False, (f"reading a token's state ({read * 1e6:.3g} us) is not faster "
                                f"than recomputing layers 0..{layer} ({recompute * 1e6:.3g} us)")
     else:
-        pays, reason = True, (f"reading a token's state takes {read / recompute:.2f}x the time "
+        pays, reason = True, (f"reading a token's state takes {read / recompute:.2g}x the time "
                               f"of recomputing layers 0..{layer}")
     return PrefixCachePlan(layer, saved, per_token, dataset_tokens, storage,
                            saved * dataset_tokens, recompute, read, max_bytes, pays, reason)
@@ -1041,6 +1041,7 @@ class Plan:
     min_gpus: int | None
     trm: dict[str, Any] | None
     serving: dict[str, Any]  # ServingCost at seq_len: decode FLOPs and KV bytes per token
+    prefix_cache: dict[str, Any] | None  # phase 1: PrefixCachePlan over the dataset's tokens
     assumptions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -1068,9 +1069,14 @@ def plan(
     pue: float = 1.0,
     base_name: str = "",
     precision: str = "bf16",
+    dataset_tokens: float | None = None,
+    prefix_read_bytes_per_s: float = 2 * GIB,
+    prefix_max_bytes: float = 8 * GIB,
 ) -> Plan:
     """Cost one training run. Tokens come from `tokens`, from a GPU-hour budget, or (scratch
-    only) from the Chinchilla budget of 20 tokens per trained parameter."""
+    only) from the Chinchilla budget of 20 tokens per trained parameter. For phase 1 the plan
+    includes the frozen-prefix cache over `dataset_tokens` distinct tokens (default: every
+    token is distinct, one epoch, so nothing would be reused)."""
     trm = trm if phase in ("phase1", "phase2") else None
     trainable = Trainable.for_phase(phase, trm, lora_rank)
     base = base_parameters(shape)
@@ -1162,6 +1168,12 @@ def plan(
         min_gpus=fewest,
         trm=trm.to_dict() if trm is not None else None,
         serving=serving_cost(shape, trm, seq_len).to_dict(),
+        prefix_cache=prefix_cache_plan(
+            shape, trm, seq_len, dataset_tokens=min(dataset_tokens or tokens, tokens),
+            value_bytes=bytes_of.frozen_param, peak_flops=device.peak_flops, mfu=chosen_mfu,
+            read_bytes_per_s=prefix_read_bytes_per_s, max_bytes=prefix_max_bytes,
+            grad_checkpointing=grad_checkpointing).to_dict() if phase == "phase1" and trm
+        else None,
         assumptions={
             "device": device.source,
             "price": "given" if usd_per_gpu_hour is not None else "device table default",

@@ -1,10 +1,14 @@
 """The `curate` stage: stream every source through clean -> dedup -> split -> tokenize/pack and
 write `data/curated/` in one atomic step, plus `metrics/data.json` and the data card.
 
-Memory stays bounded by one batch of records, one Parquet row group per output file, the
-unfinished block of the packer and the dedup state (digests and LSH band hashes, see
-`millennial.data.dedup`): a million documents are never held at once. On any error nothing is
-written and the previous `data/curated/` stays as it was.
+Memory stays bounded by a few batches of records (the one being cleaned, those being encoded),
+one Parquet row group per output file, one row group of packed blocks and the dedup state
+(digests and LSH band hashes, see `millennial.data.dedup`): a million documents are never held
+at once. On any error nothing is written and the previous `data/curated/` stays as it was.
+
+Encoding overlaps cleaning: a worker thread runs the Rust tokenizer on one batch (it releases the
+GIL) while this thread normalises, scrubs and deduplicates the next; batches are written in
+their order, so the outputs do not depend on the timing.
 
 Packing is interleaved: the tokenized training records of each source are spooled to a
 temporary file, then drawn one at a time from a seeded random source (weighted by what each has
@@ -23,18 +27,22 @@ Outputs (all Parquet, snappy):
 
 from __future__ import annotations
 
+import importlib.metadata
+import itertools
 import logging
 import random
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from transformers import PreTrainedTokenizerBase
+from tokenizers import Tokenizer
 
 from millennial.atomic import atomic_dir, write_json, write_text
 from millennial.data import TASK_KIND, DataError, Record
@@ -48,12 +56,12 @@ from millennial.data.dedup import (
 )
 from millennial.data.mixture import MixtureRow, mixture_rows, parse_mixture
 from millennial.data.pack import (
-    Block,
     BlockPacker,
+    Blocks,
     Encoded,
     TokenizerInfo,
     encode_records,
-    load_tokenizer,
+    load_encoder,
 )
 from millennial.data.sources import (
     ON_ERROR,
@@ -64,7 +72,6 @@ from millennial.data.sources import (
     PackageSource,
     SourceSpec,
     file_sha256s,
-    package_file,
     parse_source,
     read_source,
 )
@@ -79,7 +86,9 @@ from millennial.params import Options, ParamsError, load_params, section
 
 log = logging.getLogger(__name__)
 
-BATCH_RECORDS = 512  # records per tokenizer call and per documents row group
+BATCH_RECORDS = 512  # records per documents row group (and per spool read)
+ENCODE_RECORDS = 64  # records per tokenizer call: small enough to overlap cleaning and encoding
+ENCODE_AHEAD = 8  # batches handed to the encoding thread before the oldest is written
 BLOCKS_PER_GROUP = 256  # packed blocks per row group
 
 DOCUMENT_SCHEMA = pa.schema([
@@ -193,6 +202,11 @@ class _ParquetSink:
             self._writer.write_table(pa.Table.from_pydict(self._columns, schema=self.schema))
             self._columns = {name: [] for name in self.schema.names}
 
+    def write_group(self, columns: list[pa.Array]) -> None:
+        """Write ready columns as one row group, after what is buffered."""
+        self.flush()
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
     def close(self) -> None:
         """Write what is buffered and close (once; a split with no rows still gets a valid,
         empty file)."""
@@ -235,8 +249,8 @@ class Stats:
 class _Curation:
     """One run's streaming state: dedup indexes, writers, spools, the pending batch."""
 
-    def __init__(self, config: CurateConfig, tokenizer: PreTrainedTokenizerBase,
-                 info: TokenizerInfo, out_dir: Path) -> None:
+    def __init__(self, config: CurateConfig, tokenizer: Tokenizer, info: TokenizerInfo,
+                 out_dir: Path) -> None:
         self.out_dir = out_dir
         self.config = config
         self.tokenizer = tokenizer
@@ -254,6 +268,11 @@ class _Curation:
                                                          SPOOL_SCHEMA, BATCH_RECORDS)
                        for split in PACKED_SPLITS for spec in config.sources}
         self.batch: list[tuple[Record, str, str]] = []
+        # A thread encodes batches (the Rust tokenizer releases the GIL) while this one cleans
+        # and deduplicates the next; encoded batches are written in order, once done.
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="curate-encode")
+        self._encoding: deque[tuple[list[tuple[Record, str, str]], Future[list[Encoded]]]] = (
+            deque())
 
     def consume(self, spec: SourceSpec) -> None:
         """Stream one source; fail if nothing of it survives filtering and dedup."""
@@ -275,7 +294,7 @@ class _Curation:
             self.stats.documents[(spec.name, split)] += 1
             self.stats.note_difficulty(record, split)
             self.batch.append((record, digest, split))
-            if len(self.batch) >= BATCH_RECORDS:
+            if len(self.batch) >= ENCODE_RECORDS:
                 self.flush()
         for (source, reason), count in self.policy.skipped.items():
             if source == spec.name:
@@ -302,13 +321,21 @@ class _Curation:
         self.near.add(sketch, split)
         return split
 
-    def flush(self) -> None:
-        """Tokenize the pending batch, write its document rows and feed the packers."""
-        if not self.batch:
-            return
-        records = [record for record, _, _ in self.batch]
-        encoded = encode_records(records, self.tokenizer, self.info.eos_token_id)
-        for (record, digest, split), tokens in zip(self.batch, encoded, strict=True):
+    def flush(self, wait: bool = False) -> None:
+        """Start encoding the pending batch, and write the batches encoded so far in order
+        (with `wait`, every batch; otherwise the oldest also when too many are in flight)."""
+        if self.batch:
+            records = [record for record, _, _ in self.batch]
+            self._encoding.append((self.batch, self._encoder.submit(
+                encode_records, records, self.tokenizer, self.info.eos_token_id)))
+            self.batch = []
+        while self._encoding and (wait or self._encoding[0][1].done()
+                                  or len(self._encoding) > ENCODE_AHEAD):
+            self._write(*self._encoding.popleft())
+
+    def _write(self, batch: list[tuple[Record, str, str]], encoding: Future[list[Encoded]]) -> None:
+        """Write an encoded batch's document rows and spool its training records."""
+        for (record, digest, split), tokens in zip(batch, encoding.result(), strict=True):
             self.documents[split].append({
                 "source": record.source, "kind": record.kind, "task": record.task,
                 "difficulty": record.difficulty, "text": record.text, "prompt": record.prompt,
@@ -320,19 +347,25 @@ class _Curation:
                 self.stats.scored[(record.source, split)] += sum(tokens.mask)
                 self.spools[(split, record.source)].append(
                     {"input_ids": tokens.ids, "loss_mask": tokens.mask})
-        self.batch.clear()
 
     def _spool_path(self, split: str, source: str) -> Path:
         return self.out_dir / SPOOL_DIR / split / f"{source}.parquet"
 
-    def _write_block(self, split: str, block: Block) -> None:
-        self.packed[split].append({"input_ids": block.ids, "loss_mask": block.mask,
-                                   "loss_weight": block.weights})
-        self.stats.blocks[split] += 1
+    def _write_blocks(self, split: str, blocks: Blocks) -> None:
+        """One row group of packed blocks (the float64 weights rounded to float32, as
+        Parquet conversion of Python floats does)."""
+        if not len(blocks):
+            return
+        size = self.config.block_size
+        offsets = np.arange(0, len(blocks) * size + 1, size, dtype=np.int32)
+        self.packed[split].write_group([
+            pa.ListArray.from_arrays(offsets, values.ravel())
+            for values in (blocks.ids, blocks.mask, blocks.weights.astype(np.float32))])
+        self.stats.blocks[split] += len(blocks)
 
     def finish(self) -> None:
-        """Write the last batch, weigh the sources, and pack each split's interleaved stream."""
-        self.flush()
+        """Write the last batches, weigh the sources, and pack each split's interleaved stream."""
+        self.flush(wait=True)
         for sink in self.spools.values():
             sink.close()
         names = [spec.name for spec in self.config.sources]
@@ -341,16 +374,16 @@ class _Curation:
         weights = {row.source: row.loss_weight for row in self.stats.mixture}
         for split in PACKED_SPLITS:
             packer = BlockPacker(self.config.block_size, self.info.pad_token_id)
-            for source, encoded in self._interleaved(split, names):
-                for block in packer.add(encoded, weights[source]):
-                    self._write_block(split, block)
-            last = packer.finish()
-            if last is not None:
-                self._write_block(split, last)
+            for source, (ids, mask) in self._interleaved(split, names):
+                packer.push(ids, mask, weights[source])
+                while packer.full_blocks >= BLOCKS_PER_GROUP:
+                    self._write_blocks(split, packer.take(BLOCKS_PER_GROUP))
+            self._write_blocks(split, packer.take_rest())
         shutil.rmtree(self.out_dir / SPOOL_DIR)
         self.stats.skipped_examples = list(self.policy.examples)
 
-    def _interleaved(self, split: str, names: list[str]) -> Iterator[tuple[str, Encoded]]:
+    def _interleaved(self, split: str,
+                     names: list[str]) -> Iterator[tuple[str, tuple[np.ndarray, np.ndarray]]]:
         """Every spooled record of `split`, sources drawn at random in proportion to what each
         has left (seeded), each source's records in their own order."""
         left = {name: self.stats.documents[(name, split)] for name in names}
@@ -362,17 +395,22 @@ class _Curation:
             left[source] -= 1
             yield source, next(readers[source])
 
-    def close_files(self) -> None:
+    def close(self) -> None:
+        """Stop the encoding thread and close every file (on error too)."""
+        self._encoder.shutdown(cancel_futures=True)
         for sink in (*self.documents.values(), *self.packed.values(), *self.spools.values()):
             sink.close()
 
 
-def _spooled(path: Path) -> Iterator[Encoded]:
-    """The records of one spool file, read one row group at a time."""
+def _spooled(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The token ids and loss mask of each record of one spool file, as numpy views of one row
+    group at a time (no Python int per token). A record's mask is as long as its ids."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_RECORDS):
-        for ids, mask in zip(batch.column("input_ids").to_pylist(),
-                             batch.column("loss_mask").to_pylist(), strict=True):
-            yield Encoded(ids, mask)
+        ids, mask = batch.column("input_ids"), batch.column("loss_mask")
+        offsets = ids.offsets.to_numpy()
+        ids_values, mask_values = ids.flatten().to_numpy(), mask.flatten().to_numpy()
+        for start, end in itertools.pairwise((offsets - offsets[0]).tolist()):
+            yield ids_values[start:end], mask_values[start:end]
 
 
 def _by_split(counter: Counter[tuple[str, str]]) -> dict[str, int]:
@@ -396,7 +434,9 @@ def source_provenance(spec: SourceSpec) -> dict[str, Any]:
     elif isinstance(spec, HubSource):
         entry.update(id=spec.id, revision=spec.revision, split=spec.split)
     elif isinstance(spec, PackageSource):
-        entry.update(package=spec.package, version=package_file(spec)[1], path=spec.path)
+        # Reading checked that the file is the package's; its version alone is cheap to read.
+        entry.update(package=spec.package, version=importlib.metadata.version(spec.package),
+                     path=spec.path)
     elif isinstance(spec, GeneratorSource):
         entry.update(task=spec.task, count=spec.count, difficulty=list(spec.difficulty),
                      ood_count=spec.ood_count,
@@ -567,7 +607,7 @@ class CurationResult:
 def curate(config: CurateConfig, out_dir: str | Path, metrics_path: str | Path,
            card_path: str | Path) -> CurationResult:
     """Run the whole curation; on any error the previous `out_dir` is left untouched."""
-    tokenizer, info = load_tokenizer(config.tokenizer_dir)
+    tokenizer, info = load_encoder(config.tokenizer_dir)
     with atomic_dir(out_dir) as tmp:
         run = _Curation(config, tokenizer, info, tmp)
         try:
@@ -575,7 +615,7 @@ def curate(config: CurateConfig, out_dir: str | Path, metrics_path: str | Path,
                 run.consume(spec)
             run.finish()
         finally:  # on error too: no writer left open on the doomed temporary directory
-            run.close_files()
+            run.close()
         manifest = build_manifest(config, info, run.stats)
         write_json(tmp / "manifest.json", manifest)
     metrics = build_metrics(run.stats)

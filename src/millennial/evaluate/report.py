@@ -13,15 +13,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 import yaml
-from matplotlib.figure import Figure
 
 from millennial.atomic import write_json, write_text
 from millennial.base import PROVENANCE_FILE
 from millennial.evaluate.timing import Spread, annotated, caveat, quoted
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ARM_ORDER = ("base", "phase1", "phase2", "lora", "llama_pro")
 ARM_LABELS = {"base": "base", "phase1": "TRM phase 1", "phase2": "TRM phase 2",
@@ -400,6 +402,8 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
     names = arm_names(result)
     cells = [(task, split) for task, splits in sorted(result["examples"].items())
              for split in sorted(splits)]
+    from matplotlib.figure import Figure  # ~0.5 s to import: only the stage that plots pays
+
     figure = Figure(figsize=(max(6.0, 1.4 * len(cells) + 2), 7.0))
     accuracy_axes, loss_axes = figure.subplots(2, 1, sharex=True)
     width = 0.8 / len(names)
@@ -428,6 +432,8 @@ def plot_accuracy(result: dict[str, Any], path: Path) -> None:
 def plot_sweep(sweep: Sequence[dict[str, Any]], path: Path) -> None:
     """Accuracy against cycles (at the trained n) and latent steps (at the trained T), and
     latency (median, IQR as error bars) against total f calls."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(12.0, 3.8))
     by_cycles, by_steps, by_calls = figure.subplots(1, 3)
     for arm in sorted({row["arm"] for row in sweep}, key=ARM_ORDER.index):

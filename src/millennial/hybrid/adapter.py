@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -84,6 +83,8 @@ def load_lora(base: nn.Module, directory: Path) -> nn.Module:
     mismatch = base_mismatch(json.loads(record_path.read_text()), base, record_path)
     if mismatch is not None:
         raise BaseIdentityError(mismatch)
+    from peft import PeftModel  # ~2 s to import: only the stages that load LoRA pay for it
+
     return PeftModel.from_pretrained(base, directory).merge_and_unload()
 
 

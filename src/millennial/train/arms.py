@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
-from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
@@ -339,6 +338,8 @@ def _phase2_trainable(base: dict[str, torch.nn.Parameter], trm: TRMConfig) -> Tr
 
 
 def lora_model(base: PreTrainedModel, settings: LoraSettings, rank: int) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model  # ~2 s to import: only LoRA's stage pays
+
     targets = settings.target_modules
     config = LoraConfig(
         r=rank,

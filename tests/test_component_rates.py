@@ -1,0 +1,41 @@
+"""Per-component step time: the base's and the TRM's FLOPs, each at its own achieved rate."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_causal_lm
+
+from millennial.cost.components import trm_block_seconds
+from millennial.cost.planner import ComponentRates, FlopBreakdown, component_flops
+from millennial.hybrid import TRMConfig, freeze_base, inject
+
+STEP = FlopBreakdown(base_forward_matmul=60.0, base_activation_grad=30.0, trm_forward=6.0,
+                     trm_backward=4.0, recompute=10.0)
+
+
+def test_the_step_splits_into_base_and_trm_flops() -> None:
+    assert component_flops(STEP) == (100.0, 10.0)  # recomputation runs with the base
+
+
+def test_calibration_learns_each_parts_rate_and_predicts_other_mixes() -> None:
+    rates = ComponentRates.calibrate(STEP, tokens=1000, step_seconds=3.0, trm_seconds=1.0)
+    assert rates == ComponentRates(base=100.0 * 1000 / 2.0, trm=10.0 * 1000 / 1.0)
+    assert rates.step_seconds(STEP, 1000) == pytest.approx(3.0)
+    bigger_base = FlopBreakdown(base_forward_matmul=300.0, trm_forward=6.0, trm_backward=4.0)
+    assert rates.step_seconds(bigger_base, 1000) == pytest.approx(300 / 50 + 1.0)
+    no_trm = FlopBreakdown(base_forward_matmul=50.0)
+    assert rates.step_seconds(no_trm, 1000) == pytest.approx(1.0)
+    for trm_seconds in (3.0, 0.0):  # the TRM cannot take the whole step, nor none of it
+        with pytest.raises(ValueError, match="must be within the step"):
+            ComponentRates.calibrate(STEP, 1000, 3.0, trm_seconds)
+
+
+def test_the_trm_blocks_are_timed_alone() -> None:
+    model = tiny_causal_lm("llama")
+    inject(model, TRMConfig(injection_layers=[1, -1], hidden_size=16, num_heads=2, num_layers=1,
+                            latent_steps=2, cycles=2, ffn_size=32))
+    freeze_base(model)
+    assert trm_block_seconds(model, batch=2, seq=16, repeats=2) > 0
+    assert all(p.grad is None for p in model.parameters())  # it leaves no gradient behind
+    with pytest.raises(ValueError, match="no TRM blocks"):
+        trm_block_seconds(tiny_causal_lm("llama"), 2, 16)
