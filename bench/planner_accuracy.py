@@ -4,9 +4,12 @@ Calibrate on the smallest base, predict the step time of two larger bases from t
 FLOPs, and compare with what they measure. Two calibrations side by side:
 - one MFU for the whole step (what `--calibrate` does with a cost record);
 - per-component rates (`ComponentRates`): the TRM blocks, timed alone on the calibration base
-  (`trm_block_seconds`), get their own rate, the rest of the step the base's. The TRM's narrow
-  matmuls and many small ops run far below the base's wide matmuls, and its share of the FLOPs
-  shrinks as the base grows: one MFU learnt where the TRM dominates undersells larger bases.
+  (`trm_block_seconds`), get their own rate; the base's FLOPs run at the machine's matmul rate
+  (probed at the step's shape) plus a fixed time per decoder layer learnt from the rest of the
+  calibration step. The TRM's narrow matmuls and many small ops run far below the base's wide
+  matmuls, and its share of the FLOPs shrinks as the base grows; a small base's norms,
+  activations and dispatch weigh more than a large one's: one MFU learnt on a small base
+  undersells larger ones.
 Random LLaMA bases, same TRM, same batch; each step timed as the median of several after a
 warm-up.
 """
@@ -19,7 +22,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from millennial.cost.components import trm_block_seconds
+from millennial.cost.components import matmul_flops_per_s, trm_block_seconds
 from millennial.cost.planner import (
     ComponentRates,
     FlopBreakdown,
@@ -70,15 +73,19 @@ def run() -> str:
     flops0, seconds0, trm0 = rows[names[0]]
     assert trm0 is not None
     throughput = flops0.executed * tokens / seconds0  # one MFU: peak x MFU, calibrated
-    rates = ComponentRates.calibrate(flops0, tokens, seconds0, trm0)
+    calibration = BASES[names[0]]
+    matmul = matmul_flops_per_s(tokens, calibration[0])
+    rates = ComponentRates.calibrate(flops0, tokens, calibration[1], seconds0, trm0, matmul)
     lines = [
         "## Planner accuracy: predicted vs measured phase-1 step time",
         "",
         f"Calibrated on {names[0]}: the whole step achieved {throughput / 1e9:.1f} GFLOP/s of "
-        f"planner FLOPs (one MFU); per component, the TRM blocks timed alone ({trm0:.3f} s of "
-        f"the {seconds0:.3f} s step) achieved {rates.trm / 1e9:.1f} GFLOP/s and the rest "
-        f"{rates.base / 1e9:.1f} GFLOP/s. Batch {BATCH}x{SEQ}, TRM width {TRM.hidden_size} at the "
-        f"last two layers; median of {STEPS} steps after a warm-up.",
+        f"planner FLOPs (one MFU). Per component: the TRM blocks timed alone ({trm0:.3f} s of "
+        f"the {seconds0:.3f} s step) achieved {rates.trm / 1e9:.1f} GFLOP/s; the base's matmuls "
+        f"run at the probed {rates.matmul / 1e9:.1f} GFLOP/s ({tokens} x {calibration[0]} @ "
+        f"{calibration[0]} x {calibration[0]}) plus {rates.layer_seconds * 1e3:.2f} ms per "
+        f"decoder layer. Batch {BATCH}x{SEQ}, TRM width {TRM.hidden_size} at the last two "
+        f"layers; median of {STEPS} steps after a warm-up.",
         "",
         "| base | planner GFLOPs/step | TRM share of FLOPs | measured s | one MFU: predicted s "
         "| measured / predicted | per component: predicted s | measured / predicted |",
@@ -87,7 +94,7 @@ def run() -> str:
     for name, (flops, seconds, _) in rows.items():
         total = flops.executed * tokens
         single = total / throughput
-        component = rates.step_seconds(flops, tokens)
+        component = rates.step_seconds(flops, tokens, BASES[name][1])
         share = (flops.trm_forward + flops.trm_backward) / flops.executed
         lines.append(f"| {name} | {total / 1e9:.1f} | {share:.0%} | {seconds:.2f} | {single:.2f} "
                      f"| {seconds / single:.2f} | {component:.2f} | {seconds / component:.2f} |")

@@ -1,11 +1,12 @@
-"""Per-component step time: the base's and the TRM's FLOPs, each at its own achieved rate."""
+"""Per-component step time: the base's matmuls at the machine's rate plus a fixed cost per
+layer, the TRM's FLOPs at the rate its blocks achieve alone."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import tiny_causal_lm
 
-from millennial.cost.components import trm_block_seconds
+from millennial.cost.components import matmul_flops_per_s, trm_block_seconds
 from millennial.cost.planner import ComponentRates, FlopBreakdown, component_flops
 from millennial.hybrid import TRMConfig, freeze_base, inject
 
@@ -17,20 +18,24 @@ def test_the_step_splits_into_base_and_trm_flops() -> None:
     assert component_flops(STEP) == (100.0, 10.0)  # recomputation runs with the base
 
 
-def test_calibration_learns_each_parts_rate_and_predicts_other_mixes() -> None:
-    rates = ComponentRates.calibrate(STEP, tokens=1000, step_seconds=3.0, trm_seconds=1.0)
-    assert rates == ComponentRates(base=100.0 * 1000 / 2.0, trm=10.0 * 1000 / 1.0)
-    assert rates.step_seconds(STEP, 1000) == pytest.approx(3.0)
-    bigger_base = FlopBreakdown(base_forward_matmul=300.0, trm_forward=6.0, trm_backward=4.0)
-    assert rates.step_seconds(bigger_base, 1000) == pytest.approx(300 / 50 + 1.0)
-    no_trm = FlopBreakdown(base_forward_matmul=50.0)
-    assert rates.step_seconds(no_trm, 1000) == pytest.approx(1.0)
+def test_calibration_learns_each_parts_cost_and_predicts_other_bases() -> None:
+    # 1000 tokens: the base's 100k FLOPs take 1 s at 100k FLOP/s, its 4 layers 1 s more
+    rates = ComponentRates.calibrate(STEP, tokens=1000, layers=4, step_seconds=3.0,
+                                     trm_seconds=1.0, matmul=100_000.0)
+    assert rates == ComponentRates(matmul=100_000.0, layer_seconds=0.25, trm=10_000.0)
+    assert rates.step_seconds(STEP, 1000, 4) == pytest.approx(3.0)
+    bigger = FlopBreakdown(base_forward_matmul=300.0, trm_forward=6.0, trm_backward=4.0)
+    assert rates.step_seconds(bigger, 1000, 12) == pytest.approx(3.0 + 12 * 0.25 + 1.0)
+    assert rates.step_seconds(FlopBreakdown(base_forward_matmul=50.0), 1000, 2) == (
+        pytest.approx(0.5 + 0.5))
     for trm_seconds in (3.0, 0.0):  # the TRM cannot take the whole step, nor none of it
         with pytest.raises(ValueError, match="must be within the step"):
-            ComponentRates.calibrate(STEP, 1000, 3.0, trm_seconds)
+            ComponentRates.calibrate(STEP, 1000, 4, 3.0, trm_seconds, 100_000.0)
+    with pytest.raises(ValueError, match="the probe read low"):
+        ComponentRates.calibrate(STEP, 1000, 4, 3.0, 1.0, matmul=10_000.0)
 
 
-def test_the_trm_blocks_are_timed_alone() -> None:
+def test_the_trm_blocks_are_timed_alone_and_the_matmul_rate_probed() -> None:
     model = tiny_causal_lm("llama")
     inject(model, TRMConfig(injection_layers=[1, -1], hidden_size=16, num_heads=2, num_layers=1,
                             latent_steps=2, cycles=2, ffn_size=32))
@@ -39,3 +44,4 @@ def test_the_trm_blocks_are_timed_alone() -> None:
     assert all(p.grad is None for p in model.parameters())  # it leaves no gradient behind
     with pytest.raises(ValueError, match="no TRM blocks"):
         trm_block_seconds(tiny_causal_lm("llama"), 2, 16)
+    assert matmul_flops_per_s(32, 16, repeats=2) > 0

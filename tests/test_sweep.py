@@ -71,11 +71,15 @@ def fleet(tiny_reference: Path, tmp_path_factory: pytest.TempPathFactory
                            capture_output=True, timeout=300)
             for name in ("w1", "w2"):
                 log = (base / f"{name}.log").open("wb")
+                # Two workers share this machine's cores: one thread each, as one host each
+                # would have its own (two 2-thread workers on 2 cores slow each op many-fold);
+                # they poll for runs every second, not every 10.
                 workers.append(subprocess.Popen(
                     [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
                      "--limit", "1", "--name", name],
-                    env={**env, "MILLENNIAL_ROOT": str(clones[name])}, cwd=clones[name],
-                    stdout=log, stderr=subprocess.STDOUT))
+                    env={**env, "MILLENNIAL_ROOT": str(clones[name]), "OMP_NUM_THREADS": "1",
+                         "PREFECT_WORKER_QUERY_SECONDS": "1"},
+                    cwd=clones[name], stdout=log, stderr=subprocess.STDOUT))
             try:
                 yield {"origin": origin, **clones, "base": base}
             finally:

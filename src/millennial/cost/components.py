@@ -1,4 +1,5 @@
-"""The TRM blocks' share of a phase-1 step, timed alone: what `ComponentRates.calibrate` needs.
+"""What `ComponentRates.calibrate` measures besides the step: the TRM blocks' share of it, and
+the machine's matmul rate at the step's shapes.
 
 A step's time is one number; the planner splits its FLOPs into the base's and the TRM's, and
 needs each part's time to learn each part's rate. The TRM blocks are timed on their own, on
@@ -43,3 +44,23 @@ def trm_block_seconds(model: nn.Module, batch: int, seq: int, repeats: int = 5) 
     for block in blocks:
         block.zero_grad(set_to_none=True)
     return seconds
+
+
+def matmul_flops_per_s(tokens: int, width: int, repeats: int = 20,
+                       device: torch.device | str = "cpu") -> float:
+    """Median FLOP/s of a (tokens x width) @ (width x width) matmul: a base layer's projection
+    at the step's shape (fp32)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(tokens, width, generator=generator).to(device)
+    b = torch.randn(width, width, generator=generator).to(device)
+
+    def once() -> float:
+        start = time.perf_counter()
+        a @ b
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(3):  # warm-up
+        once()
+    return 2 * tokens * width * width / statistics.median(once() for _ in range(repeats))

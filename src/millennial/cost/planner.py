@@ -501,32 +501,43 @@ def _recomputed_layer(shape: ModelShape, context: int, rank: int, lora_layer: fl
 
 @dataclass(frozen=True)
 class ComponentRates:
-    """Achieved FLOP/s of each part of a training step, measured on one run (calibration).
+    """How fast each part of a phase-1 step runs on one machine, learnt from one measured step.
 
-    One MFU for the whole step mispredicts across base sizes: the TRM's matmuls are narrow
-    (its width, not the base's) and it runs many small ops per token, so it achieves far less
-    than the base's wide matmuls; its share of the FLOPs shrinks as the base grows. Each part's
-    FLOPs at its own rate carries a calibration made on one base to others.
+    One MFU for the whole step mispredicts across base sizes: the TRM's matmuls are narrow (its
+    width, not the base's) and it runs many small ops per token, so it achieves far less than
+    the base; and a base layer costs, beyond its matmuls, norms, activations and per-op dispatch
+    that do not shrink with its width (on a CPU, or any small model). So: the base's FLOPs at
+    the machine's matmul rate (probed) plus a fixed time per decoder layer (calibrated), and the
+    TRM's FLOPs at the rate its blocks achieved timed alone. Learnt where the TRM dominates, this
+    carries to bases where it does not.
     """
 
-    base: float  # base matmuls and attention: forward, activation and weight gradients, LoRA
-    trm: float  # TRM blocks, forward and backward
+    matmul: float  # FLOP/s of this machine's matmuls at the step's shapes (a probe)
+    layer_seconds: float  # per base decoder layer per step, beyond its matmuls (calibrated)
+    trm: float  # FLOP/s of the TRM blocks, timed alone
 
     @classmethod
-    def calibrate(cls, flops: FlopBreakdown, tokens: float, step_seconds: float,
-                  trm_seconds: float) -> ComponentRates:
-        """From one measured step of `tokens` tokens and the TRM blocks' share of its time."""
+    def calibrate(cls, flops: FlopBreakdown, tokens: float, layers: int, step_seconds: float,
+                  trm_seconds: float, matmul: float) -> ComponentRates:
+        """From one measured step of `tokens` tokens over a base of `layers` decoder layers,
+        the TRM blocks' share of its time, and the matmul rate probed on the same machine."""
         base_flops, trm_flops = component_flops(flops)
         base_seconds = step_seconds - trm_seconds
         if base_seconds <= 0 or (trm_flops > 0 and trm_seconds <= 0):
             raise ValueError(f"TRM time {trm_seconds:.3g} s must be within the step's "
                              f"{step_seconds:.3g} s")
+        beyond = base_seconds - base_flops * tokens / matmul
+        if beyond < 0:
+            raise ValueError(f"the base ran faster than its FLOPs at the probed matmul rate "
+                             f"({matmul / 1e9:.3g} GFLOP/s): the probe read low, probe again "
+                             "on a quiet machine")
         trm_rate = trm_flops * tokens / trm_seconds if trm_flops > 0 else math.inf
-        return cls(base_flops * tokens / base_seconds, trm_rate)
+        return cls(matmul, beyond / layers, trm_rate)
 
-    def step_seconds(self, flops: FlopBreakdown, tokens: float) -> float:
+    def step_seconds(self, flops: FlopBreakdown, tokens: float, layers: int) -> float:
         base_flops, trm_flops = component_flops(flops)
-        return tokens * (base_flops / self.base + (trm_flops / self.trm if trm_flops else 0.0))
+        trm = trm_flops * tokens / self.trm if trm_flops else 0.0
+        return base_flops * tokens / self.matmul + layers * self.layer_seconds + trm
 
 
 def component_flops(flops: FlopBreakdown) -> tuple[float, float]:
