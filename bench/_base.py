@@ -21,3 +21,12 @@ def default_base_dir() -> Path:
 
         prepare_base(load_params(REPO / "params.yaml")["base"], cached)
     return cached
+
+
+def process_memory(name: str) -> int:
+    """This process's `VmRSS` or `VmHWM` in bytes (Linux). VmHWM, unlike `ru_maxrss`, starts
+    afresh at exec: a worker started by a large parent does not inherit the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {name}: the benchmark needs Linux")

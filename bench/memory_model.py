@@ -15,16 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench._base import process_memory
+
 ARMS = ("phase1", "lora", "full")
 BATCH, SEQ, VOCAB = 4, 256, 8192
 LORA_RANK = 16
-
-
-def _status(name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {name}")
 
 
 def measure(arm: str) -> dict[str, float]:
@@ -45,7 +40,7 @@ def measure(arm: str) -> dict[str, float]:
 
     torch.manual_seed(0)
     ids = torch.randint(0, VOCAB, (BATCH, SEQ))
-    start = _status("VmRSS")
+    start = process_memory("VmRSS")
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=1408,
                          num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
     model: torch.nn.Module = LlamaForCausalLM(config)
@@ -67,7 +62,7 @@ def measure(arm: str) -> dict[str, float]:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     saved = measure_saved(model, lambda: model(input_ids=ids, labels=ids).loss.backward(), {})
     optimizer.step()  # AdamW allocates its moments (and foreach temporaries) here
-    peak = _status("VmHWM")
+    peak = process_memory("VmHWM")
     count = sum(p.numel() for p in params)
     total = sum(p.numel() for p in model.parameters())
     act = activation_bytes_per_token(shape, trainable, precision=PRECISIONS["fp32"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench._base import REPO, default_base_dir
+from bench._base import REPO, default_base_dir, process_memory
 from millennial.cost.hardware import cpu_peak_flops
 from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
 from millennial.evaluate.timing import Spread, annotated, interleave, paired_ratios
@@ -75,8 +74,7 @@ def worker(variant: str, base_dir: Path) -> None:
         if not torch.isfinite(loss):
             raise RuntimeError(f"{variant}: non-finite loss")
         print(json.dumps({"seconds": seconds}), flush=True)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-          flush=True)
+    print(json.dumps({"peak_rss_mib": process_memory("VmHWM") / 2**20}), flush=True)
 
 
 class Worker:
