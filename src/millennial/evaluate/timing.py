@@ -12,6 +12,7 @@ relative to the median it says whether a figure can be quoted at all.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,17 +25,8 @@ MIN_SAMPLES = 3  # fewer have no middle half to speak of
 def quartiles(samples: Sequence[float]) -> tuple[float, float, float]:
     """(q1, median, q3) by linear interpolation between order statistics (Hyndman and Fan's
     type 7: numpy's default, Excel's QUARTILE.INC)."""
-    ordered = sorted(samples)
-    if not ordered:
-        raise ValueError("quartiles of no samples")
-
-    def at(fraction: float) -> float:
-        position = fraction * (len(ordered) - 1)
-        low = math.floor(position)
-        high = min(low + 1, len(ordered) - 1)
-        return ordered[low] + (position - low) * (ordered[high] - ordered[low])
-
-    return at(0.25), at(0.5), at(0.75)
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, median, q3
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from millennial.cost.planner import (
     prefix_cache_plan,
 )
 from millennial.errors import UserError
+from millennial.fingerprint import tensors_sha256
 from millennial.hybrid.config import TRMConfig
 from millennial.hybrid.injection import find_decoder_layers
 from millennial.train.config import TrainConfig
@@ -85,7 +86,7 @@ class PrefixStore:
     """Rows of stored layer-L output in a shared memory-mapped file, with a flag per row."""
 
     def __init__(self, root: Path, key: PrefixKey, rows: int, dtype: torch.dtype) -> None:
-        self.key, self.rows, self.dtype = key, rows, dtype
+        self.key = key
         self.directory = root / f"{key.digest()}-{str(dtype).removeprefix('torch.')}"
         self.directory.mkdir(parents=True, exist_ok=True)
         recorded = self.directory / KEY_FILE
@@ -300,16 +301,12 @@ def decide(model: nn.Module, trm: TRMConfig, settings: PrefixCacheSettings, data
                       "(dropout?): stored states would not be what a forward computes", plan)
     device = (CPU if accelerator.device.type != "cuda"
               else torch.cuda.get_device_name(accelerator.device))
-    key = PrefixKey(base_sha256, _ids_sha256(data.input_ids), plan.layer, data.block_size,
-                    config.batch_size, shape.hidden_size, device, accelerator.mixed_precision)
+    key = PrefixKey(base_sha256, tensors_sha256({"input_ids": data.input_ids}), plan.layer,
+                    data.block_size, config.batch_size, shape.hidden_size, device,
+                    accelerator.mixed_precision)
     cache = PrefixCache(model, cache_root(settings.dir, runs), key, len(data))
-    world, global_batch = accelerator.num_processes, config.batch_size * accelerator.num_processes
-    order = (micro for step in range(config.max_steps)
-             for indices in [global_batch_indices(len(data), global_batch * config.grad_accum,
-                                                  step, config.seed)]
-             for rank in range(world)
-             for micro in micro_batches(indices, config.batch_size, world, rank))
-    expected = replayed_rows(order, cache.stored_rows(), config.deep_supervision_steps)
+    expected = replayed_rows(_micro_batches(len(data), config, accelerator.num_processes),
+                             cache.stored_rows(), config.deep_supervision_steps)
     if expected == 0 and settings.mode == "auto":
         return PrefixDecision.unused(
             "auto: this run reads every block once and no store holds them yet (mode: on fills "
@@ -317,5 +314,10 @@ def decide(model: nn.Module, trm: TRMConfig, settings: PrefixCacheSettings, data
     return PrefixDecision(cache, plan, plan.reason, expected * data.block_size)
 
 
-def _ids_sha256(input_ids: torch.Tensor) -> str:
-    return hashlib.sha256(input_ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+def _micro_batches(rows: int, config: TrainConfig, world: int) -> Iterator[list[int]]:
+    """Every process's micro-batches of the run, step by step, as the training loop draws them."""
+    global_batch = config.batch_size * world * config.grad_accum
+    for step in range(config.max_steps):
+        indices = global_batch_indices(rows, global_batch, step, config.seed)
+        for rank in range(world):
+            yield from micro_batches(indices, config.batch_size, world, rank)
