@@ -1,12 +1,16 @@
-"""Content fingerprints of model weights, so adapters and reports can name their base exactly."""
+"""Content fingerprints of model weights, so adapters and reports can name their base exactly,
+and of file trees (data, code). torch is imported where tensors are hashed, so the data stages
+that hash files only do not pay its import."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -15,6 +19,8 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     Independent of file layout and sharding: the same weights give the same digest whether they
     come from one safetensors file, several shards, or a model in memory.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()
@@ -34,7 +40,7 @@ def parameters_sha256s(model: torch.nn.Module) -> dict[str, str]:
 
 
 # Serving dtypes an adapter trained on a wider base accepts: the trained weights cast to these.
-SERVING_DTYPES = (torch.bfloat16, torch.float16)
+SERVING_DTYPES = ("bfloat16", "float16")
 IDENTITY_RULE = (
     "sha256 of the base's parameters in the dtype they are loaded in, compared with the trained "
     "weights' own digest or with the digest of those weights cast (round to nearest, as "
@@ -55,11 +61,14 @@ def weights_dtype(tensors: Mapping[str, torch.Tensor]) -> str:
 def dtype_sha256s(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """Digest of `tensors` as they are, and cast to each serving dtype narrower than theirs:
     what an adapter trained on them accepts as the same base (IDENTITY_RULE)."""
+    import torch
+
     own = weights_dtype(tensors)
     digests = {own: tensors_sha256(tensors)}
     if own == "float32":
-        for dtype in SERVING_DTYPES:
-            digests[dtype_name(dtype)] = tensors_sha256(
+        for name in SERVING_DTYPES:
+            dtype = getattr(torch, name)
+            digests[name] = tensors_sha256(
                 {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()})
     return digests
 

@@ -16,12 +16,15 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from millennial.data import ANSWER_SEPARATOR, TASK_KIND, DataError, Record
+
+if TYPE_CHECKING:  # transformers (and torch under it) load only where a tokenizer needs them
+    from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -57,6 +60,8 @@ def load_tokenizer(tokenizer_dir: str | Path) -> tuple[PreTrainedTokenizerBase, 
     if not tokenizer_json.is_file():
         raise DataError(f"{directory}: no {TOKENIZER_FILE} (run prepare_base first, or set "
                         "curate.tokenizer_dir to a saved fast tokenizer)")
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as err:
