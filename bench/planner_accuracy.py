@@ -27,6 +27,7 @@ from millennial.cost.planner import (
     ComponentRates,
     FlopBreakdown,
     Trainable,
+    component_timings,
     model_shape,
     training_flops_per_token,
 )
@@ -75,7 +76,9 @@ def run() -> str:
     throughput = flops0.executed * tokens / seconds0  # one MFU: peak x MFU, calibrated
     calibration = BASES[names[0]]
     matmul = matmul_flops_per_s(tokens, calibration[0])
-    rates = ComponentRates.calibrate(flops0, tokens, calibration[1], seconds0, trm0, matmul)
+    rates = ComponentRates.calibrate(component_timings(
+        flops0, micro_batch_tokens=tokens, layers=calibration[1], micro_batch_seconds=seconds0,
+        steps_timed=STEPS, trm_seconds=trm0, matmul_flops_per_s=matmul))
     lines = [
         "## Planner accuracy: predicted vs measured phase-1 step time",
         "",

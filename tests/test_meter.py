@@ -19,7 +19,7 @@ from millennial.cost.meter import (
     load_cost_params,
     meter,
 )
-from millennial.cost.record import CostRecord, PlannedWork
+from millennial.cost.record import ComponentTimings, CostRecord, PlannedWork
 from millennial.params import ParamsError
 
 RECORD_KEYS = {f.name for f in fields(CostRecord)}
@@ -52,6 +52,11 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+TIMINGS = ComponentTimings(micro_batch_tokens=64, micro_batch_seconds=0.5, steps_timed=3,
+                           trm_seconds=0.1, matmul_flops_per_s=1e9, layers=2,
+                           base_flops_per_token=1e6, trm_flops_per_token=2e5)
+
+
 def test_success_writes_a_complete_record(tmp_path: Path, params: Path, fake_peak) -> None:
     out = tmp_path / "metrics" / "cost"
     with meter("train_phase1", params_path=params, out_dir=out, device="cpu",
@@ -61,6 +66,7 @@ def test_success_writes_a_complete_record(tmp_path: Path, params: Path, fake_pea
         m.add(tokens=28, flops=0.5e8)
         m.plan(PlannedWork(tokens=128, flops=2.5e8, peak_memory_bytes=1e6,
                            memory_breakdown={"total": 1e6 / 2**30}, basis="test"))
+        m.time_components(TIMINGS)
     record = read(out / "train_phase1.json")
     assert set(record) == RECORD_KEYS
     assert record["status"] == "ok" and record["error"] is None
@@ -84,6 +90,7 @@ def test_success_writes_a_complete_record(tmp_path: Path, params: Path, fake_pea
     assert "ru_maxrss" in record["memory_method"]
     assert m.record is not None and m.record.to_json() == record
     assert CostRecord.read(out / "train_phase1.json") == m.record
+    assert m.record.components == TIMINGS  # what `plan --calibrate` learns from
 
 
 def test_failure_is_recorded_and_re_raised(tmp_path: Path, params: Path) -> None:

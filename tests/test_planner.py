@@ -353,6 +353,55 @@ def test_cli_refuses_a_calibration_from_elsewhere_unless_told(tmp_path, capsys) 
     assert "warning:" in out.err and json.loads(out.out)["mfu"] == 0.12
 
 
+def test_a_phase1_record_calibrates_a_phase1_plan_per_component(tmp_path, capsys) -> None:
+    from millennial.cost.hardware import GPUS as DEVICES
+    from millennial.cost.planner import Trainable, component_timings, training_flops_per_token
+    from millennial.hybrid.config import TRMConfig
+
+    shape, seq, batch = model_shape(PRESETS["llama-2-7b"]), 2048, 2
+    flops = training_flops_per_token(shape, seq, Trainable.for_phase("phase1", TRMConfig()))
+    base_flops = flops.executed - flops.trm_forward - flops.trm_backward
+    tokens = batch * seq
+    # the base's matmuls take 2 s at the probed rate, its layers 0.5 s more, the TRM 1 s
+    timings = component_timings(flops, micro_batch_tokens=tokens, layers=shape.num_layers,
+                                micro_batch_seconds=3.5, steps_timed=4, trm_seconds=1.0,
+                                matmul_flops_per_s=base_flops * tokens / 2.0)
+    record = tmp_path / "train_phase1.json"
+    _calibration_record(record, components=timings)
+    same = ["--base", "llama-2-7b", "--gpu", "A100-80GB", "--gpus", "8", "--tokens", "1e9",
+            "--calibrate", str(record), "--json", "--seq-len", str(seq)]
+    assert main(["plan", *same, "--micro-batch-size", str(batch)]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    # its own shape and micro-batch come back at the measured 3.5 s per micro-batch
+    peak = DEVICES["A100-80GB"].peak_flops
+    assert planned["mfu"] == pytest.approx(flops.executed * tokens / 3.5 / peak)
+    assert planned["mfu_source"].startswith(f"per-component rates calibrated from {record}")
+    # a micro-batch twice the size pays the layers' fixed cost once: a higher MFU
+    assert main(["plan", *same, "--micro-batch-size", str(2 * batch)]) == 0
+    bigger = json.loads(capsys.readouterr().out)["mfu"]
+    assert bigger == pytest.approx(flops.executed * 2 * tokens / (2 * 3.0 + 0.5) / peak)
+    # other phases keep the record's one MFU
+    assert main(["plan", *same, "--phase", "lora", "--lora-rank", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["mfu"] == 0.12
+
+
+def test_a_record_from_before_components_still_reads(tmp_path) -> None:
+    from millennial.cost.record import CostRecord
+
+    path = tmp_path / "old.json"
+    _calibration_record(path)
+    data = json.loads(path.read_text())
+    del data["components"]
+    assert CostRecord.from_json(data, path).components is None
+    data["carried"] = None
+    with pytest.raises(ValueError, match=r"old\.json: not a cost record of this version: "
+                                         r"unknown carried"):
+        CostRecord.from_json(data, path)
+    del data["planned"], data["carried"]
+    with pytest.raises(ValueError, match="missing planned"):
+        CostRecord.from_json(data, path)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--usd-per-gpu-hour", "-1"], "--usd-per-gpu-hour"),
     (["--pue", "0.5"], "--pue"),

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
-from test_train import LORA, PHASE1, TRAIN, TRM, make_workspace, paths
+from test_train import BLOCK, LORA, PHASE1, TRAIN, TRM, make_workspace, paths
+from transformers import AutoConfig
 
-from millennial.cost.record import CarriedForward, PlannedWork
+from millennial.cost.planner import Trainable, model_shape, training_flops_per_token
+from millennial.cost.record import CarriedForward, ComponentTimings, PlannedWork
 from millennial.params import ParamsError
 from millennial.train import arms
 from millennial.train.arms import run_llama_pro, run_lora, run_phase1
@@ -23,6 +25,7 @@ class Log:
     events: list[str] = field(default_factory=list)
     planned: PlannedWork | None = None
     earlier: CarriedForward | None = None
+    timings: ComponentTimings | None = None
 
     def plan(self, work: PlannedWork) -> None:
         self.events.append("plan")
@@ -35,6 +38,10 @@ class Log:
         self.events.append("carry")
         self.earlier = earlier
 
+    def time_components(self, timings: ComponentTimings) -> None:
+        self.events.append("components")
+        self.timings = timings
+
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -45,7 +52,7 @@ def test_the_plan_comes_first_and_matches_what_ran(workspace: Path) -> None:
     log = Log()
     config = replace(TRAIN, max_steps=3)
     metrics = run_phase1(paths(workspace, "plan"), TRM, PHASE1, config, work=log)
-    assert log.events == ["plan"]  # a fresh run carries nothing forward
+    assert log.events == ["plan", "components"]  # a fresh run carries nothing forward
     planned = log.planned
     assert planned is not None
     assert planned.tokens == metrics["tokens"] == metrics["tokens_this_run"]
@@ -55,6 +62,27 @@ def test_the_plan_comes_first_and_matches_what_ran(workspace: Path) -> None:
     assert memory["total"] == pytest.approx(sum(v for k, v in memory.items() if k != "total"))
     assert memory["cuda_context"] == 0  # a CPU run
     assert "fp32" in planned.basis
+
+
+def test_phase1_times_its_parts_for_the_planner(workspace: Path, capsys) -> None:
+    log = Log()
+    where = paths(workspace, "parts")
+    run_phase1(where, TRM, PHASE1, replace(TRAIN, max_steps=3, grad_accum=2), work=log)
+    timings = log.timings
+    assert timings is not None and timings.steps_timed == 2  # steps 1 and 2: the first allocates
+    assert timings.micro_batch_tokens == TRAIN.batch_size * BLOCK
+    assert timings.layers == 2
+    base = AutoConfig.from_pretrained(where.base)
+    flops = training_flops_per_token(model_shape(base), BLOCK, Trainable.for_phase("phase1", TRM))
+    trm = flops.trm_forward + flops.trm_backward
+    assert timings.trm_flops_per_token == pytest.approx(trm) and trm > 0
+    assert timings.base_flops_per_token == pytest.approx(flops.executed - trm)
+    assert timings.micro_batch_seconds > 0 and timings.trm_seconds > 0
+    assert timings.matmul_flops_per_s > 0
+    short = Log()  # one step: nothing left once the first is set aside
+    run_phase1(paths(workspace, "short"), TRM, PHASE1, replace(TRAIN, max_steps=1), work=short)
+    assert short.events == ["plan"] and short.timings is None
+    assert "components not timed (0 step(s) at the final depth" in capsys.readouterr().out
 
 
 def test_a_finished_run_rerun_carries_its_work_forward(workspace: Path) -> None:

@@ -240,15 +240,31 @@ def run_plan(args: argparse.Namespace) -> int:
             print(f"- {line}")
         return 0
     from millennial.cost.hardware import get_device
-    from millennial.cost.planner import GIB, mfu_from_calibration, model_shape, plan
+    from millennial.cost.planner import (
+        GIB,
+        mfu_from_calibration,
+        mfu_from_components,
+        model_shape,
+        plan,
+    )
 
     name, config = load_base(args.base)
+    shape = model_shape(config)
+    device = get_device(args.gpu)
     trm = trm_from_args(args) if args.phase in ("phase1", "phase2") else None
     mfu, mfu_source = args.mfu, None
     if args.calibrate:
         calibration = mfu_from_calibration(args.calibrate, device=args.gpu, gpus=args.gpus,
                                            precision=args.precision, sharding=args.sharding)
         mfu, mfu_source = calibration.mfu, f"calibrated from {args.calibrate}"
+        if (calibration.components is not None and args.phase == "phase1"
+                and not calibration.mismatches):
+            mfu = mfu_from_components(calibration.components, shape, trm, seq_len=args.seq_len,
+                                      micro_batch_size=args.micro_batch_size,
+                                      grad_checkpointing=args.grad_checkpointing,
+                                      peak_flops=device.peak_flops)
+            mfu_source = (f"per-component rates calibrated from {args.calibrate} (its own "
+                          f"MFU {calibration.mfu:.3g})")
         if calibration.mismatches:
             differences = "; ".join(calibration.mismatches)
             if not args.allow_calibration_mismatch:
@@ -260,9 +276,9 @@ def run_plan(args: argparse.Namespace) -> int:
                   "anyway (--allow-calibration-mismatch)", file=sys.stderr)
             mfu_source += f" despite: {differences}"
     result = plan(
-        model_shape(config),
+        shape,
         phase=args.phase,
-        device=get_device(args.gpu),
+        device=device,
         trm=trm,
         lora_rank=args.lora_rank,
         tokens=args.tokens,
@@ -356,7 +372,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     mfu = p.add_mutually_exclusive_group()
     mfu.add_argument("--mfu", type=_number(0.0, 1.0, open_low=True),
                      help="default 0.40 multi-GPU, 0.30 single-GPU")
-    mfu.add_argument("--calibrate", help="use the MFU of a metered run (metrics/cost/<stage>.json)")
+    mfu.add_argument("--calibrate",
+                     help="use the MFU of a metered run (metrics/cost/<stage>.json); a phase-1 "
+                          "record calibrates a phase-1 plan per component (base matmuls, "
+                          "per-layer cost, TRM)")
     p.add_argument("--sharding", choices=("ddp", "fsdp"), default="fsdp")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--grid-kg-per-kwh", type=_number(0.0), default=0.4)

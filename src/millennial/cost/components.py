@@ -47,12 +47,13 @@ def trm_block_seconds(model: nn.Module, batch: int, seq: int, repeats: int = 5) 
 
 
 def matmul_flops_per_s(tokens: int, width: int, repeats: int = 20,
-                       device: torch.device | str = "cpu") -> float:
+                       device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
     """Median FLOP/s of a (tokens x width) @ (width x width) matmul: a base layer's projection
-    at the step's shape (fp32)."""
+    at the step's shape, in the dtype its matmuls run in."""
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(tokens, width, generator=generator).to(device)
-    b = torch.randn(width, width, generator=generator).to(device)
+    a = torch.randn(tokens, width, generator=generator).to(device, dtype)
+    b = torch.randn(width, width, generator=generator).to(device, dtype)
 
     def once() -> float:
         start = time.perf_counter()

@@ -47,7 +47,14 @@ from millennial.cost.hardware import (
     gpu_kind_from_nvml_name,
 )
 from millennial.cost.planner import GRID_KG_CO2E_PER_KWH, POWER_UTILISATION, default_mfu
-from millennial.cost.record import CarriedForward, CostRecord, Planned, PlannedWork, now
+from millennial.cost.record import (
+    CarriedForward,
+    ComponentTimings,
+    CostRecord,
+    Planned,
+    PlannedWork,
+    now,
+)
 from millennial.params import Options, load_params
 
 ENERGY_METHODS = ("nvml", "rapl", "codecarbon", "tdp")
@@ -399,6 +406,7 @@ def build_record(
     planned: Planned | None,
     memory: tuple[int | None, int | None, str] = (None, None, "not measured"),
     carried_forward: CarriedForward | None = None,
+    components: ComponentTimings | None = None,
 ) -> CostRecord:
     """The cost record of one stage run (pure: every measurement is an argument)."""
     is_cpu = devices.kind == CPU
@@ -447,6 +455,7 @@ def build_record(
         memory_method=memory_method,
         planned=planned,
         carried_forward=carried_forward,
+        components=components,
     )
 
 
@@ -480,6 +489,7 @@ class Meter:
         self.flops = 0.0
         self.planned: Planned | None = None
         self.carried_forward: CarriedForward | None = None
+        self.components: ComponentTimings | None = None
         self.record: CostRecord | None = None
         self.unmodelled = unmodelled
 
@@ -504,6 +514,10 @@ class Meter:
     def carry_forward(self, earlier: CarriedForward | None) -> None:
         """Work earlier invocations of a resumed run did (their cost is in their own record)."""
         self.carried_forward = earlier
+
+    def time_components(self, timings: ComponentTimings) -> None:
+        """What phase 1 measured of its own parts, for `millennial plan --calibrate`."""
+        self.components = timings
 
     def __enter__(self) -> Meter:
         self.devices = detect_devices(self.device)
@@ -545,7 +559,7 @@ class Meter:
             energy_skipped=self.skipped, params=self.params, tokens=self.tokens,
             flops=self.flops, peak_flops=peak, peak_source=peak_source, planned=self.planned,
             memory=peak_memory(self.devices, self.start_rss),
-            carried_forward=self.carried_forward,
+            carried_forward=self.carried_forward, components=self.components,
         )
         if exc is None:
             self.record.write(self.path)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from millennial.cost.hardware import CPU, Device
+from millennial.cost.record import ComponentTimings
 from millennial.hybrid.config import BaseDims, TRMConfig
 
 PHASES = ("phase1", "phase2", "lora", "scratch")
@@ -517,22 +518,22 @@ class ComponentRates:
     trm: float  # FLOP/s of the TRM blocks, timed alone
 
     @classmethod
-    def calibrate(cls, flops: FlopBreakdown, tokens: float, layers: int, step_seconds: float,
-                  trm_seconds: float, matmul: float) -> ComponentRates:
-        """From one measured step of `tokens` tokens over a base of `layers` decoder layers,
-        the TRM blocks' share of its time, and the matmul rate probed on the same machine."""
-        base_flops, trm_flops = component_flops(flops)
-        base_seconds = step_seconds - trm_seconds
-        if base_seconds <= 0 or (trm_flops > 0 and trm_seconds <= 0):
-            raise ValueError(f"TRM time {trm_seconds:.3g} s must be within the step's "
-                             f"{step_seconds:.3g} s")
-        beyond = base_seconds - base_flops * tokens / matmul
+    def calibrate(cls, timings: ComponentTimings) -> ComponentRates:
+        """From one measured micro-batch (its tokens, layers and FLOPs per token), the TRM
+        blocks' share of its time, and the matmul rate probed on the same machine."""
+        tokens, step = timings.micro_batch_tokens, timings.micro_batch_seconds
+        base_flops, trm_flops = timings.base_flops_per_token, timings.trm_flops_per_token
+        base_seconds = step - timings.trm_seconds
+        if base_seconds <= 0 or (trm_flops > 0 and timings.trm_seconds <= 0):
+            raise ValueError(f"TRM time {timings.trm_seconds:.3g} s must be within the step's "
+                             f"{step:.3g} s")
+        beyond = base_seconds - base_flops * tokens / timings.matmul_flops_per_s
         if beyond < 0:
             raise ValueError(f"the base ran faster than its FLOPs at the probed matmul rate "
-                             f"({matmul / 1e9:.3g} GFLOP/s): the probe read low, probe again "
-                             "on a quiet machine")
-        trm_rate = trm_flops * tokens / trm_seconds if trm_flops > 0 else math.inf
-        return cls(matmul, beyond / layers, trm_rate)
+                             f"({timings.matmul_flops_per_s / 1e9:.3g} GFLOP/s): the probe read "
+                             "low, probe again on a quiet machine")
+        trm_rate = trm_flops * tokens / timings.trm_seconds if trm_flops > 0 else math.inf
+        return cls(timings.matmul_flops_per_s, beyond / timings.layers, trm_rate)
 
     def step_seconds(self, flops: FlopBreakdown, tokens: float, layers: int) -> float:
         base_flops, trm_flops = component_flops(flops)
@@ -544,6 +545,18 @@ def component_flops(flops: FlopBreakdown) -> tuple[float, float]:
     """(base, TRM) model FLOPs per token of a step (recomputation counts with the base)."""
     trm = flops.trm_forward + flops.trm_backward
     return flops.executed - trm, trm
+
+
+def component_timings(flops: FlopBreakdown, *, micro_batch_tokens: int, layers: int,
+                      micro_batch_seconds: float, steps_timed: int, trm_seconds: float,
+                      matmul_flops_per_s: float) -> ComponentTimings:
+    """A measured micro-batch, with the planner's split of its FLOPs, as `calibrate` takes it."""
+    base, trm = component_flops(flops)
+    return ComponentTimings(micro_batch_tokens=micro_batch_tokens,
+                            micro_batch_seconds=micro_batch_seconds,
+                            steps_timed=steps_timed, trm_seconds=trm_seconds,
+                            matmul_flops_per_s=matmul_flops_per_s, layers=layers,
+                            base_flops_per_token=base, trm_flops_per_token=trm)
 
 
 # --------------------------------------------------------------------------- frozen prefix
@@ -900,10 +913,12 @@ def project(
 
 @dataclass(frozen=True)
 class Calibration:
-    """The MFU a metered run achieved, and how its conditions differ from the plan's."""
+    """The MFU a metered run achieved, how its conditions differ from the plan's, and what a
+    phase-1 run measured of its parts (None for other stages and older records)."""
 
     mfu: float
     mismatches: list[str]
+    components: ComponentTimings | None = None
 
 
 def mfu_from_calibration(path: str | Path, *, device: str, gpus: int, precision: str,
@@ -935,7 +950,25 @@ def mfu_from_calibration(path: str | Path, *, device: str, gpus: int, precision:
             mismatches.append(f"precision {planned.precision} vs the plan's {precision}")
         if gpus > 1 and planned.sharding != sharding:
             mismatches.append(f"sharding {planned.sharding} vs the plan's {sharding}")
-    return Calibration(mfu, mismatches)
+    return Calibration(mfu, mismatches, record.components)
+
+
+def mfu_from_components(timings: ComponentTimings, shape: ModelShape, trm: TRMConfig, *,
+                        seq_len: int, micro_batch_size: int, grad_checkpointing: bool,
+                        peak_flops: float) -> float:
+    """The MFU a phase-1 micro-batch of `shape` would achieve on the machine `timings` were
+    measured on, predicted per component (`ComponentRates`): one MFU learnt on one base
+    mispredicts others, as the TRM's share of the FLOPs and a layer's fixed cost change."""
+    rates = ComponentRates.calibrate(timings)
+    flops = training_flops_per_token(shape, seq_len, Trainable.for_phase("phase1", trm),
+                                     grad_checkpointing=grad_checkpointing)
+    tokens = micro_batch_size * seq_len
+    achieved = flops.executed * tokens / rates.step_seconds(flops, tokens, shape.num_layers)
+    mfu = achieved / peak_flops
+    if not 0 < mfu <= 1:
+        raise ValueError(f"per-component rates predict {achieved / 1e9:.3g} GFLOP/s, "
+                         f"{mfu:.3g} of the device's peak: calibrate on a quiet machine")
+    return mfu
 
 
 # --------------------------------------------------------------------------- the plan

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +46,24 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class ComponentTimings:
+    """What a phase-1 run measured of its own steps, from which the planner learns a rate per
+    component (`ComponentRates.calibrate`) instead of one MFU. Per micro-batch of one process
+    (an optimizer step's time shared by its micro-batches): the median over the steps at the
+    final depth, the TRM blocks timed alone on the same shape, a matmul probe at that shape,
+    and the planner's FLOPs per token of each part."""
+
+    micro_batch_tokens: int
+    micro_batch_seconds: float  # median step seconds / micro-batches per step
+    steps_timed: int
+    trm_seconds: float  # the TRM blocks' forward and backward on one micro-batch
+    matmul_flops_per_s: float  # (micro-batch tokens x width) @ (width x width)
+    layers: int  # base decoder layers
+    base_flops_per_token: float  # executed by the base, recomputation included
+    trm_flops_per_token: float
+
+
+@dataclass(frozen=True)
 class PlannedWork:
     """What a stage tells the meter before its work starts; the meter adds time at its MFU."""
 
@@ -66,6 +84,8 @@ class WorkLog(Protocol):
     def add(self, *, tokens: int = 0, flops: float = 0.0) -> None: ...
 
     def carry_forward(self, earlier: CarriedForward | None) -> None: ...
+
+    def time_components(self, timings: ComponentTimings) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,7 @@ class CostRecord:
     memory_method: str
     planned: Planned | None
     carried_forward: CarriedForward | None
+    components: ComponentTimings | None = None  # phase 1: what `plan --calibrate` learns from
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -149,11 +170,13 @@ class CostRecord:
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path) -> CostRecord:
-        """Parse a record; a missing or unknown field is a ValueError naming `source`."""
+        """Parse a record; a missing required or an unknown field is a ValueError naming
+        `source` (a field with a default came later: older records lack it)."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: a cost record must be a JSON object")
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.default is MISSING]
         unknown = sorted(set(data) - set(names))
         if missing or unknown:
             raise ValueError(f"{source}: not a cost record of this version: "
@@ -165,6 +188,8 @@ class CostRecord:
             values["planned"] = Planned(**data["planned"]) if data["planned"] else None
             values["carried_forward"] = (CarriedForward(**data["carried_forward"])
                                          if data["carried_forward"] else None)
+            values["components"] = (ComponentTimings(**data["components"])
+                                    if data.get("components") else None)
             return cls(**values)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from err

@@ -8,6 +8,7 @@ loop, saves its artifact atomically and returns the stage's metrics. Stages stay
 from __future__ import annotations
 
 import re
+import statistics
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -22,18 +23,20 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from millennial.atomic import atomic_dir
 from millennial.base import load_base
+from millennial.cost.components import matmul_flops_per_s, trm_block_seconds
 from millennial.cost.planner import (
     GIB,
     PRECISIONS,
     ModelShape,
     Trainable,
     activation_bytes_per_token,
+    component_timings,
     memory_per_gpu,
     model_shape,
     precision_name,
     training_flops_per_token,
 )
-from millennial.cost.record import CarriedForward, PlannedWork, WorkLog
+from millennial.cost.record import CarriedForward, ComponentTimings, PlannedWork, WorkLog
 from millennial.fingerprint import code_sha256, dtype_name, tensors_sha256
 from millennial.heldout import HeldOutLosses, held_out_losses, held_out_sets, read_split
 from millennial.hybrid import (
@@ -136,6 +139,7 @@ def _run(
     step_context: Callable[[torch.nn.Module, int], AbstractContextManager[Any]] | None = None,
     work: WorkLog | None = None,
     prefix_cache: Callable[[PackedData], PrefixDecision] | None = None,
+    time_components: Callable[[TrainResult, int], ComponentTimings | None] | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train, with the held-out loss before and after, and the planner's FLOPs for what ran.
 
@@ -144,7 +148,8 @@ def _run(
     for a resumed run, what the earlier invocations did. The library's code is part of the
     run's identity: a code change trains afresh rather than resume another code's checkpoints.
     `prefix_cache(data)` (phase 1) decides whether the frozen-prefix cache serves this run;
-    the FLOPs it saves come off the plan and off what is metered.
+    the FLOPs it saves come off the plan and off what is metered. `time_components(result,
+    block_size)` (phase 1) times the run's parts for the planner's calibration.
     """
     _check_optimizer_holds_exactly(model, groups)
     if paths.receipt is not None:
@@ -174,6 +179,10 @@ def _run(
             from_step=result.resumed_from_step, tokens=result.resumed_tokens,
             flops=sum(per_step[:result.resumed_from_step]) * step_tokens,
             train_seconds=result.resumed_seconds))
+    if work is not None and time_components is not None:
+        timings = time_components(result, data.block_size)
+        if timings is not None:
+            work.time_components(timings)
     measured: dict[str, Any] = {"tokens_this_run": trained,
                                 "flops_per_token": sum(per_step) / len(per_step),
                                 "flops": flops,
@@ -270,9 +279,16 @@ def run_phase1(
         return decide_prefix_cache(model, trm, settings.prefix_cache, data, config, accelerator,
                                    provenance["state_sha256"], paths.run.parent, where)
 
+    def timings(result: TrainResult, block_size: int) -> ComponentTimings | None:
+        final = [seconds for step, seconds in enumerate(result.step_seconds,
+                                                        result.resumed_from_step)
+                 if step > result.resumed_from_step and at_step(step).cycles == trm.cycles]
+        return _component_timings(model, trm, config, accelerator, final, block_size,
+                                  result.replayed_tokens)
+
     result, held_out = _run(model, groups, paths, config, accelerator,
                             lambda step: Trainable.for_phase("phase1", at_step(step)), identity,
-                            curriculum, work, prefix_cache)
+                            curriculum, work, prefix_cache, timings)
     weights = gather_trainable(accelerator.unwrap_model(model))  # every process: FSDP gathers
     if accelerator.is_main_process:  # the base stayed frozen: its hash is the provenance's
         save_trm(accelerator.unwrap_model(model), paths.out, tensors=weights,
@@ -280,6 +296,45 @@ def run_phase1(
                  base_revision=provenance["revision"])
     metrics = _metrics(result, held_out, trainable, _unique_count(model))
     return metrics | {"lr_groups": {g.name: g.lr for g in groups}}
+
+
+MIN_TIMED_STEPS = 2  # steps at the final depth, after this invocation's first
+
+
+def _component_timings(model: torch.nn.Module, trm: TRMConfig, config: TrainConfig,
+                       accelerator: Accelerator, step_seconds: list[float], block_size: int,
+                       replayed_tokens: int) -> ComponentTimings | None:
+    """One micro-batch of this phase-1 run split into what the planner prices separately: the
+    median step at the final depth (the first step, which allocates, left out), the TRM
+    blocks timed alone on the same shape, and the base's matmul rate probed there. None, and
+    said, where the steps cannot be split so: too few, a replayed frozen prefix (the base did
+    not run), or FSDP (the blocks are shards)."""
+    why = None
+    if len(step_seconds) < MIN_TIMED_STEPS:
+        why = f"{len(step_seconds)} step(s) at the final depth after the first"
+    elif replayed_tokens:
+        why = "the frozen-prefix cache replayed part of the base"
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        why = "FSDP shards the blocks"
+    if why is not None:
+        accelerator.print(f"planner calibration: components not timed ({why})")
+        return None
+    module = accelerator.unwrap_model(model)
+    micro_batches = config.grad_accum * config.deep_supervision_steps
+    with accelerator.autocast():
+        trm_seconds = trm_block_seconds(module, config.batch_size, block_size)
+    parameter = next(module.parameters())
+    matmul_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else parameter.dtype
+    shape = model_shape(module.config)
+    flops = training_flops_per_token(shape, block_size, Trainable.for_phase("phase1", trm),
+                                     grad_checkpointing=config.gradient_checkpointing)
+    return component_timings(
+        flops, micro_batch_tokens=config.batch_size * block_size, layers=shape.num_layers,
+        micro_batch_seconds=statistics.median(step_seconds) / micro_batches,
+        steps_timed=len(step_seconds), trm_seconds=trm_seconds,
+        matmul_flops_per_s=matmul_flops_per_s(config.batch_size * block_size,
+                                              shape.hidden_size, device=accelerator.device,
+                                              dtype=matmul_dtype))
 
 
 def run_phase2(

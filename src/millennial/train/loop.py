@@ -74,6 +74,7 @@ class TrainResult:
     held_out_before: HeldOutLosses | None  # from `held_out` on the initial weights
     held_out_after: HeldOutLosses | None  # on the final weights (the average, with EMA)
     replayed_tokens: int = 0  # this invocation's tokens whose frozen prefix the cache served
+    step_seconds: tuple[float, ...] = ()  # this invocation's steps, from `resumed_from_step`
 
 
 class WeightAverage:
@@ -205,6 +206,7 @@ def train(
         bar = tqdm(total=config.max_steps, initial=progress.step, desc="train", unit="step",
                    disable=not accelerator.is_main_process)
         start = time.perf_counter()
+        step_seconds: list[float] = []
         supervision = deep_supervision if config.deep_supervision_steps > 1 else None
         while progress.step < config.max_steps:
             step_start = time.perf_counter()
@@ -223,7 +225,8 @@ def train(
             tokens = tokens_per_step(config, world, data.block_size)
             progress.step += 1
             progress.tokens += tokens
-            progress.train_seconds += time.perf_counter() - step_start
+            step_seconds.append(time.perf_counter() - step_start)
+            progress.train_seconds += step_seconds[-1]
             progress.losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
@@ -248,7 +251,8 @@ def train(
             average.install()
         after = held_out(module) if held_out is not None else None
         return TrainResult(progress.step, progress.tokens, progress.losses, resumed_from,
-                           resumed_tokens, resumed_seconds, seconds, before, after, replayed)
+                           resumed_tokens, resumed_seconds, seconds, before, after, replayed,
+                           tuple(step_seconds))
 
 
 def tokens_per_step(config: TrainConfig, processes: int, block_size: int) -> int:
