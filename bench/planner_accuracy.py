@@ -2,8 +2,9 @@
 
 Calibrate on the smallest base, predict the step time of two larger bases from their planner
 FLOPs, and compare with what they measure. Two calibrations side by side:
-- one MFU for the whole step (what `--calibrate` does with a cost record);
-- per-component rates (`ComponentRates`): the TRM blocks, timed alone on the calibration base
+- one MFU for the whole step (what `--calibrate` does with a record without `components`);
+- per-component rates (`ComponentRates`, what `--calibrate` does with a phase-1 record that
+  has them, as `train_phase1` writes): the TRM blocks, timed alone on the calibration base
   (`trm_block_seconds`), get their own rate; the base's FLOPs run at the machine's matmul rate
   (probed at the step's shape) plus a fixed time per decoder layer learnt from the rest of the
   calibration step. The TRM's narrow matmuls and many small ops run far below the base's wide
