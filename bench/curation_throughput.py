@@ -12,7 +12,6 @@ tokenizer falls back to byte level (one token per byte, so token rates are byte 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from bench._base import REPO, default_base_dir
 from millennial.base import byte_level_tokenizer
+from millennial.cost.hardware import cpu_cores
 from millennial.data import DataError, Record
 from millennial.data.clean import FilterConfig, clean
 from millennial.data.curate import CurateConfig, curate
@@ -41,25 +41,22 @@ def config(tokenizer_dir: Path) -> CurateConfig:
                         sources=(NEWS,))
 
 
+def timed(repeats: int, work: Callable[[], object]) -> tuple[float, float]:
+    """Over `repeats` runs: the fastest wall time (the run least disturbed by other processes)
+    and the median CPU seconds over all of this process's threads (the work a run does,
+    however it is scheduled)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        work()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), statistics.median(cpus)
+
+
 def best_of(repeats: int, work: Callable[[], object]) -> float:
-    """The fastest of `repeats` runs: the one least disturbed by other processes."""
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
-
-
-def cpu_seconds(repeats: int, work: Callable[[], object]) -> float:
-    """Median CPU seconds of `work` over all of this process's threads: the work a run does,
-    however it is scheduled."""
-    used = []
-    for _ in range(repeats):
-        start = time.process_time()
-        work()
-        used.append(time.process_time() - start)
-    return statistics.median(used)
+    """The fastest of `repeats` runs."""
+    return timed(repeats, work)[0]
 
 
 def first_encode(tokenizer_dir: Path, lines: list[str]) -> float:
@@ -95,13 +92,8 @@ def run(repeats: int = 5, tokenizer_dir: str | None = None) -> str:
             tokenizer, info = load_encoder(chosen)
             lines = package_file(NEWS)[0].read_text(encoding="utf-8").splitlines()
             result = curate(config(chosen), root / "curated", root / "data.json", root / "card.md")
-            cores = len(os.sched_getaffinity(0))
-            def run_stage() -> object:
-                return curate(config(chosen), root / "curated", root / "data.json",
-                              root / "card.md")
-
-            whole = best_of(repeats, run_stage)
-            work = cpu_seconds(repeats, run_stage)
+            whole, work = timed(repeats, lambda: curate(config(chosen), root / "curated",
+                                                        root / "data.json", root / "card.md"))
         except DataError as err:  # reported by bench/__main__ as a failed measurement
             raise RuntimeError(f"curation failed: {err}") from err
         documents = result.metrics["documents"]["total"]
@@ -125,6 +117,7 @@ def run(repeats: int = 5, tokenizer_dir: str | None = None) -> str:
                                             NearDuplicates(MINHASH, seed=0)))
         bands = best_of(1, lambda: lsh_bands.__wrapped__(MINHASH.threshold, MINHASH.num_perm))
         lsh_bytes = lsh_bytes_per_document(lines)
+    cores = cpu_cores()
     rows = [
         ("whole curation (read, clean, dedup, split, tokenize, pack, write)", documents, tokens,
          whole),
