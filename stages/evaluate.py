@@ -16,8 +16,8 @@ from pathlib import Path
 
 from millennial.cost.meter import Meter
 from millennial.errors import run_reporting
-from millennial.evaluate import EvalConfig, compare, read_arms, sweep_rows
-from millennial.evaluate.arms import training_record
+from millennial.evaluate.compare import compare, read_arms, sweep_rows, training_record
+from millennial.evaluate.config import EvalConfig
 from millennial.evaluate.report import (
     EvalOutputs,
     demote_headings,

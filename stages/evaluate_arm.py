@@ -14,8 +14,10 @@ from pathlib import Path
 
 from millennial.cost.meter import Meter, write_skipped
 from millennial.errors import run_reporting
-from millennial.evaluate import EvalConfig, EvalPaths, evaluate_arm, write_arm
-from millennial.evaluate.arms import ARMS, ArmPaths, phase2_trained
+from millennial.evaluate.arms import phase2_trained
+from millennial.evaluate.compare import write_arm
+from millennial.evaluate.config import ARMS, ArmPaths, EvalConfig, EvalPaths
+from millennial.evaluate.scoring import evaluate_arm
 from millennial.params import load_params, section
 
 PATHS = EvalPaths(

@@ -13,7 +13,7 @@ from pathlib import Path
 from millennial.atomic import write_text
 from millennial.cost.report import write_cost_report
 from millennial.errors import run_reporting
-from millennial.evaluate import EvalConfig
+from millennial.evaluate.config import EvalConfig
 from millennial.evaluate.report import demote_headings, read_provenance, render_summary
 from millennial.lineage import lineage, render_markdown
 from millennial.params import load_params, section

@@ -21,8 +21,8 @@ from millennial.cost.planner import forward_flops_per_token, model_shape, trm_ca
 from millennial.data import TEXT_KIND, task_record
 from millennial.data.curate import DOCUMENT_SCHEMA, PACKED_SCHEMA
 from millennial.data.pack import BlockPacker, encode_records, load_tokenizer
-from millennial.evaluate import EvalConfig, EvalPaths, evaluate_arm, flops_per_token, prepare_data
-from millennial.evaluate.arms import ArmPaths, BaseArmMismatch, check_base_arm, load_arm
+from millennial.evaluate.arms import BaseArmMismatch, check_base_arm, load_arm
+from millennial.evaluate.config import ArmPaths, EvalConfig, EvalPaths
 from millennial.evaluate.metrics import (
     ANSWER_SLACK,
     encode_prompts,
@@ -30,6 +30,7 @@ from millennial.evaluate.metrics import (
     score_examples,
     select_examples,
 )
+from millennial.evaluate.scoring import evaluate_arm, flops_per_token, prepare_data
 from millennial.heldout import pad_batch, read_split
 from millennial.hybrid import TRMConfig, trm_disabled
 from millennial.hybrid.injection import Depth, recursion_depth, trm_blocks

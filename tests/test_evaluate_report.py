@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from millennial.evaluate import ArmEvaluation, EvalConfig, compare, summarise
+from millennial.evaluate.compare import ArmEvaluation, compare, summarise
+from millennial.evaluate.config import EvalConfig
 from millennial.evaluate.report import (
     hub_id,
     outcome,

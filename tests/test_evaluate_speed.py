@@ -12,9 +12,8 @@ import pytest
 import torch
 from conftest import perturb_trm, tiny_causal_lm
 
-from millennial.evaluate import EvalConfig
+from millennial.evaluate.config import EvalConfig, SpeedConfig
 from millennial.evaluate.speed import (
-    SpeedConfig,
     clocked_decode,
     forced_decoding,
     measure_speed,

@@ -1,6 +1,7 @@
 """The stage meter: complete records on success and failure, labelled energy, MFU, prices."""
 
 import json
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from millennial.cost import hardware
 from millennial.cost.meter import (
+    CodecarbonProbe,
     CostParams,
     Devices,
     EnergyReading,
@@ -127,6 +129,19 @@ def test_default_energy_source_is_labelled(tmp_path: Path) -> None:
     if record["energy_method"] == "codecarbon":
         assert "estimates" in record["energy_detail"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]  # no tracker output
+
+
+def test_codecarbon_leaves_nothing_in_the_temp_dir(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """Not even while it runs: a stage killed before `stop` must not strand a directory."""
+    pytest.importorskip("codecarbon")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    probe = CodecarbonProbe("USA")
+    probe.start()
+    assert list(tmp_path.iterdir()) == []
+    reading = probe.stop(wall_seconds=0.1, cpu_seconds=0.1)
+    assert reading.method == "codecarbon" and reading.kwh >= 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rapl_counters_with_wraparound(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from transformers import (
 from millennial.atomic import atomic_dir, write_json
 from millennial.cost.planner import SUPPORTED_MODEL_TYPES
 from millennial.errors import UserError
-from millennial.fingerprint import parameters_sha256, parameters_sha256s
+from millennial.fingerprint import PROVENANCE_FILE, parameters_sha256, parameters_sha256s
 from millennial.params import ParamsError, load_params, section
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ DTYPES: dict[str, torch.dtype] = {
 ARCHITECTURES = SUPPORTED_MODEL_TYPES
 BOS_EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-PROVENANCE_FILE = "provenance.json"
 
 
 class BaseSourceError(UserError):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+PROVENANCE_FILE = "provenance.json"  # in a prepared base's directory: what it is, these digests
+
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over names, dtypes, shapes and raw bytes of `tensors`, in sorted-name order.

@@ -262,7 +262,11 @@ class RaplProbe:
 
 
 class CodecarbonProbe:
-    """codecarbon's offline tracker (never the online one: no network), output in a temp dir."""
+    """codecarbon's offline tracker (never the online one: no network), with no output.
+
+    The tracker insists that its `output_dir` exists, but with no output methods it writes
+    nothing there: the system temp dir serves. A directory of our own would outlive every stage
+    killed before `stop` (an OOM kill, a cancelled run)."""
 
     def __init__(self, country_iso_code: str) -> None:
         try:
@@ -270,21 +274,18 @@ class CodecarbonProbe:
         except ImportError as err:
             raise Unavailable(f"codecarbon not installed: {err}") from err
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
-        self.tmp = tempfile.TemporaryDirectory(prefix="millennial-codecarbon-")
         self.tracker = OfflineEmissionsTracker(
-            country_iso_code=country_iso_code, output_methods=[], output_dir=self.tmp.name,
-            log_level="error", tracking_mode="process", allow_multiple_runs=True,
+            country_iso_code=country_iso_code, output_methods=[],
+            output_dir=tempfile.gettempdir(), log_level="error", tracking_mode="process",
+            allow_multiple_runs=True,
         )
 
     def start(self) -> None:
         self.tracker.start()
 
     def stop(self, wall_seconds: float, cpu_seconds: float) -> EnergyReading:
-        try:
-            self.tracker.stop()
-            data = self.tracker.final_emissions_data
-        finally:
-            self.tmp.cleanup()
+        self.tracker.stop()
+        data = self.tracker.final_emissions_data
         return EnergyReading(
             float(data.energy_consumed), "codecarbon",
             f"codecarbon {data.codecarbon_version} offline, tracking_mode=process: CPU "

@@ -174,10 +174,9 @@ class CostRecord:
         `source` (a field with a default came later: older records lack it)."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: a cost record must be a JSON object")
-        names = [f.name for f in fields(cls)]
-        missing = [f.name for f in fields(cls)
-                   if f.name not in data and f.default is MISSING]
-        unknown = sorted(set(data) - set(names))
+        known = fields(cls)
+        missing = [f.name for f in known if f.name not in data and f.default is MISSING]
+        unknown = sorted(set(data) - {f.name for f in known})
         if missing or unknown:
             raise ValueError(f"{source}: not a cost record of this version: "
                              + "; ".join(part for part in (

@@ -1,4 +1,4 @@
-"""The arms under comparison, loaded by name, and what each cost to train.
+"""The arms under comparison, loaded by name (what each cost to train: `compare`).
 
 - `base`: the untouched base.
 - `phase1`: the trained TRM adapter on the frozen base. Before it is scored, the hybrid with
@@ -14,45 +14,24 @@ the same process (`speed_reference`; why: `millennial.evaluate.speed`).
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from millennial.base import load_base
-from millennial.cost.record import CostRecord
 from millennial.errors import UserError
+from millennial.evaluate.config import ARMS, RECURSIVE_ARMS, ArmPaths
 from millennial.evaluate.speed import Switch
 from millennial.hybrid import load_trm, trm_disabled
 from millennial.hybrid.adapter import PHASE2_SKIPPED_FILE, load_hybrid, load_lora
 from millennial.hybrid.expansion import load_expansion
 
-TRAINING_STAGES: dict[str, tuple[str, ...]] = {
-    "base": (),
-    "phase1": ("train_phase1",),
-    "phase2": ("train_phase1", "train_phase2"),  # phase 2 starts from phase 1: both are paid
-    "lora": ("train_lora",),
-    "llama_pro": ("train_llama_pro",),
-}
-ARMS = tuple(TRAINING_STAGES)
-RECURSIVE_ARMS = ("phase1", "phase2")  # arms whose test-time depth the sweep can vary
-
 
 class BaseArmMismatch(UserError):
     """The hybrid with TRM disabled does not reproduce the base: every comparison is void."""
-
-
-@dataclass(frozen=True)
-class ArmPaths:
-    base: Path  # models/base
-    phase1: Path  # models/phase1 (TRM adapter)
-    phase2: Path  # models/phase2 (full hybrid, or skipped.json)
-    lora: Path  # models/lora (PEFT adapter)
-    llama_pro: Path  # models/llama_pro (expansion blocks)
 
 
 def phase2_trained(directory: Path) -> bool:
@@ -118,43 +97,3 @@ def speed_reference(name: str, model: PreTrainedModel, paths: ArmPaths) -> Speed
                               "the same hybrid with its TRM blocks off")
     base = load_base(paths.base)[0].eval()
     return SpeedReference(base, lambda: nullcontext(base), "models/base, loaded beside it")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def training_record(arm: str, metrics_dir: Path) -> dict[str, Any]:
-    """Trainable parameters (from the arm's last training stage) and the summed training cost
-    of all its stages (from `metrics/cost/<stage>.json`); None where a record is missing."""
-    stages = TRAINING_STAGES[arm]
-    trainable: int | None = 0  # the base trains nothing
-    training = None
-    if stages:
-        training = _read_json(metrics_dir / f"{stages[-1]}.json")
-        trainable = training.get("trainable_params") if training else None
-    paths = {stage: metrics_dir / "cost" / f"{stage}.json" for stage in stages}
-    costs = {stage: CostRecord.read(path) if path.is_file() else None
-             for stage, path in paths.items()}
-    found = [cost for cost in costs.values() if cost is not None]
-    complete = len(found) == len(stages)
-
-    def total(key: str) -> float | None:
-        values = [getattr(cost, key) for cost in found]
-        if not complete or any(value is None for value in values):
-            return None
-        return float(sum(values))
-
-    return {
-        "trainable_params": trainable,
-        "flops_per_token": training.get("flops_per_token") if training else None,
-        "stages": list(stages),
-        "usd": total("usd"),
-        "device_hours": total("device_hours"),
-        "gpu_hours": total("gpu_hours"),
-        "flops": total("run_flops"),  # resumed runs: earlier invocations' work included
-        "energy_kwh": total("energy_kwh"),
-        "missing": [stage for stage, cost in costs.items() if cost is None],
-        "failed": [stage for stage, cost in costs.items()
-                   if cost is not None and cost.status == "failed"],
-    }

@@ -24,36 +24,14 @@ from typing import Any
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from millennial.evaluate.config import HarnessConfig
 from millennial.evaluate.metrics import TaskExample
-from millennial.params import Options, ParamsError
+from millennial.params import ParamsError
 
 TASKS_DIR = Path(__file__).with_name("harness_tasks")
 LOCAL_PREFIX = "millennial_"  # shipped task `millennial_<split>` scores held-out split <split>
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HarnessConfig:
-    """The validated `evaluate.harness:` section."""
-
-    enabled: bool = True
-    max_examples: int = 16  # per (task, split): a prefix of the evaluation's examples
-    hub_tasks: tuple[str, ...] = ()  # harness tasks from the Hub: networked machines only
-    hub_limit: int | None = None  # documents per Hub task (None: all)
-
-    @classmethod
-    def from_options(cls, options: Options) -> HarnessConfig:
-        options.only("enabled", "max_examples", "hub_tasks", "hub_limit")
-        d = cls()
-        limit = options.get("hub_limit", None)
-        hub = options.get("hub_tasks", [])
-        return cls(
-            enabled=options.flag("enabled", d.enabled),
-            max_examples=options.integer("max_examples", d.max_examples, low=1),
-            hub_tasks=options.strings("hub_tasks") if hub != [] else (),
-            hub_limit=None if limit is None else options.integer("hub_limit", low=1),
-        )
 
 
 def local_task(split: str) -> Path:

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from millennial.atomic import write_json, write_text
-from millennial.base import PROVENANCE_FILE
 from millennial.evaluate.timing import Spread, annotated, caveat, quoted
+from millennial.fingerprint import PROVENANCE_FILE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -28,44 +28,11 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from millennial.evaluate.timing import MIN_SAMPLES, Spread, interleave, paired_ratios
-from millennial.params import Options
+from millennial.evaluate.config import SpeedConfig
+from millennial.evaluate.timing import Spread, interleave, paired_ratios
 
 # Enter to run a variant: yields the model to decode with (switched as the variant needs).
 Switch = Callable[[], AbstractContextManager[PreTrainedModel]]
-
-
-@dataclass(frozen=True)
-class SpeedConfig:
-    """The validated `evaluate.speed` section."""
-
-    prompt_tokens: int = 32
-    new_tokens: int = 16  # per run: 15 step gaps
-    repeats: int = 7  # runs kept per variant: the median and IQR are over these
-    warmup: int = 1  # runs per variant before them, discarded
-    threads: int | None = 1  # intra-op threads while timing (None: torch's default)
-    max_relative_iqr: float = 0.10  # a wider IQR / median is flagged too noisy to quote
-
-    @property
-    def runs(self) -> int:
-        """Runs of each variant, warm-up included."""
-        return self.warmup + self.repeats
-
-    @classmethod
-    def from_options(cls, options: Options) -> SpeedConfig:
-        options.only("prompt_tokens", "new_tokens", "repeats", "warmup", "threads",
-                     "max_relative_iqr")
-        d = cls()
-        unset_threads = "threads" in options.raw and options.raw["threads"] is None
-        return cls(
-            prompt_tokens=options.integer("prompt_tokens", d.prompt_tokens, low=1),
-            new_tokens=options.integer("new_tokens", d.new_tokens, low=2),
-            repeats=options.integer("repeats", d.repeats, low=MIN_SAMPLES),
-            warmup=options.integer("warmup", d.warmup, low=1),
-            threads=None if unset_threads else options.integer("threads", d.threads, low=1),
-            max_relative_iqr=options.number("max_relative_iqr", d.max_relative_iqr,
-                                            low=0.0, high=10.0),
-        )
 
 
 class StepClock(LogitsProcessor):
