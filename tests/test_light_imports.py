@@ -13,20 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers")
 
 
-@pytest.mark.parametrize("module", ["stages.curate", "stages.validate", "stages.seed_audit",
-                                    "stages.evaluate", "stages.report"])
-def test_stage_without_a_model_imports_no_torch(module: str) -> None:
+def heavy_imports(module: str) -> str:
+    """The heavy modules that importing `module` in a fresh interpreter loads, comma-joined."""
     check = (f"import sys, {module}; "
              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True,
                           text=True, check=True)
-    assert done.stdout.strip() == "", f"{module} imports {done.stdout.strip()}"
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("module", ["stages.curate", "stages.validate", "stages.seed_audit",
+                                    "stages.evaluate", "stages.report"])
+def test_stage_without_a_model_imports_no_torch(module: str) -> None:
+    loaded = heavy_imports(module)
+    assert loaded == "", f"{module} imports {loaded}"
 
 
 def test_the_check_sees_a_heavy_import() -> None:
     """The check above can fail: a stage that loads a model is caught."""
-    check = ("import sys, stages.evaluate_arm; "
-             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True,
-                          text=True, check=True)
-    assert done.stdout.strip() == "torch,transformers"
+    assert heavy_imports("stages.evaluate_arm") == "torch,transformers"
